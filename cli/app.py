@@ -1,0 +1,39 @@
+"""The ``ctpreg`` command: assembles the sub-commands; no logic of its own."""
+
+from __future__ import annotations
+
+import typer
+
+from ctpreg.registry.settings import Settings
+
+from .commands import admin, prompts, resolve
+from .state import CliState
+
+app = typer.Typer(
+    name="ctpreg",
+    help=(
+        "Registry and transfer service for soft prompts that recover compressed LLMs.\n\n"
+        "Configure with CTPREG_HOME, CTPREG_DB_URL, CTPREG_STORE_URL, CTPREG_S3_ENDPOINT_URL, CTPREG_CACHE_DIR, "
+        "CTPREG_OFFLINE (see README)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _configure(ctx: typer.Context) -> None:
+    ctx.obj = CliState(Settings.from_env())
+
+
+app.command()(prompts.publish)
+app.command("list")(prompts.list_prompts)
+app.command()(prompts.show)
+app.command()(prompts.fetch)
+app.command()(resolve.resolve)
+app.command()(prompts.deprecate)
+app.command()(admin.gc)
+app.add_typer(prompts.alias_app, name="alias")
+app.add_typer(admin.models_app, name="models")
+app.add_typer(admin.db_app, name="db")

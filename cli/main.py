@@ -1,0 +1,37 @@
+"""Entry point: run the app and turn errors into exit codes in one place.
+
+ctpreg's own errors print one line to stderr and exit with their code; ``CTPREG_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from ctpreg.registry.errors import CtpregError
+
+from .app import app
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = app(args=argv, prog_name="ctpreg", standalone_mode=False)
+    except CtpregError as exc:
+        if os.environ.get("CTPREG_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

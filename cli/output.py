@@ -1,0 +1,36 @@
+"""Printing: JSON to stdout for machines (``--json``), rich tables for people, messages to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def console() -> Console:
+    return Console(soft_wrap=True)
+
+
+def info(message: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(message, highlight=False)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    grid = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(*("" if cell is None else str(cell) for cell in row))
+    console().print(grid)
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"

@@ -1,0 +1,27 @@
+"""What every command shares: settings read once in the app callback, and the registry/client built on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import typer
+
+from ctpreg.registry import Client, Registry, Settings
+
+
+@dataclass
+class CliState:
+    settings: Settings
+
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry.from_settings(self.settings)
+
+    @cached_property
+    def client(self) -> Client:
+        return Client(self.settings, registry=None if self.settings.offline else self.registry)
+
+
+def state(ctx: typer.Context) -> CliState:
+    return ctx.find_root().obj

@@ -1,0 +1,238 @@
+"""The prompt artifact (DESIGN §4): one safetensors file that describes itself without the DB.
+
+Tensor ``prompt_embeddings`` [num_virtual_tokens, hidden_size] (PEFT's key), float32 by default. ``__metadata__`` holds
+``format=ctpreg-prompt/1``, ``model``, ``model_fingerprint``, ``compression``, ``dataset``, ``num_virtual_tokens``,
+``hidden_size``, ``training`` (JSON), ``metrics`` (JSON) and optionally ``task``. Reading goes through safetensors'
+numpy loader only, never pickle, so this module stays torch-free; every check fails with one clear line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from .compression import CompressionSpec, parse_compression
+from .errors import InvalidArtifact, InvalidInput
+
+FORMAT = "ctpreg-prompt/1"
+TENSOR_NAME = "prompt_embeddings"
+REQUIRED_KEYS = (
+    "format", "model", "model_fingerprint", "compression", "dataset", "num_virtual_tokens", "hidden_size",
+    "training", "metrics",
+)
+SUPPORTED_DTYPES = {"float32": np.float32, "float16": np.float16}
+MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
+_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_RE.match(name):
+        raise InvalidInput(f"invalid model name {name!r}: letters, digits and '._+-', starting with a letter or digit")
+    return name
+
+
+def check_fingerprint(fingerprint: str) -> str:
+    if not _FINGERPRINT_RE.match(fingerprint):
+        raise InvalidInput(f"invalid fingerprint {fingerprint!r}: expected 'sha256:' and 64 lowercase hex digits")
+    return fingerprint
+
+
+@dataclass(frozen=True)
+class PromptMetadata:
+    """What a prompt was learned for and how well it did; round-trips through ``__metadata__``."""
+
+    model: str
+    model_fingerprint: str
+    compression: CompressionSpec
+    dataset: str
+    num_virtual_tokens: int
+    hidden_size: int
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        check_model_name(self.model)
+        check_fingerprint(self.model_fingerprint)
+        if not self.dataset or len(self.dataset) > 256:
+            raise InvalidInput("dataset must be a non-empty string of at most 256 characters")
+        if self.num_virtual_tokens < 1 or self.hidden_size < 1:
+            raise InvalidInput("num_virtual_tokens and hidden_size must be positive")
+
+    def to_strings(self) -> dict[str, str]:
+        strings = {
+            "format": FORMAT,
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "compression": self.compression.canonical,
+            "dataset": self.dataset,
+            "num_virtual_tokens": str(self.num_virtual_tokens),
+            "hidden_size": str(self.hidden_size),
+            "training": json.dumps(self.training, sort_keys=True),
+            "metrics": json.dumps(self.metrics, sort_keys=True),
+        }
+        if self.task:
+            strings["task"] = self.task
+        return strings
+
+    @classmethod
+    def from_strings(cls, strings: Mapping[str, str]) -> PromptMetadata:
+        missing = [key for key in REQUIRED_KEYS if key not in strings]
+        if missing:
+            raise InvalidArtifact(f"artifact metadata is missing keys: {', '.join(missing)}")
+        if strings["format"] != FORMAT:
+            raise InvalidArtifact(f"unsupported artifact format {strings['format']!r}; expected {FORMAT!r}")
+        try:
+            return cls(
+                model=strings["model"],
+                model_fingerprint=strings["model_fingerprint"],
+                compression=parse_compression(strings["compression"]),
+                dataset=strings["dataset"],
+                num_virtual_tokens=_positive_int(strings, "num_virtual_tokens"),
+                hidden_size=_positive_int(strings, "hidden_size"),
+                training=_json_object(strings, "training"),
+                metrics=_json_object(strings, "metrics"),
+                task=strings.get("task") or None,
+            )
+        except InvalidInput as exc:
+            raise InvalidArtifact(f"artifact metadata: {exc}") from None
+
+
+def _positive_int(strings: Mapping[str, str], key: str) -> int:
+    value = strings[key]
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidArtifact(f"artifact metadata {key}={value!r} is not a positive integer")
+    return int(value)
+
+
+def _json_object(strings: Mapping[str, str], key: str) -> dict[str, Any]:
+    try:
+        value = json.loads(strings[key])
+    except json.JSONDecodeError:
+        raise InvalidArtifact(f"artifact metadata {key} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidArtifact(f"artifact metadata {key} must be a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class PromptArtifact:
+    embeddings: np.ndarray
+    metadata: PromptMetadata
+
+    @property
+    def dtype(self) -> str:
+        return str(self.embeddings.dtype)
+
+
+def serialize_artifact(embeddings: np.ndarray, metadata: PromptMetadata, *, dtype: str = "float32") -> bytes:
+    """Validate and encode a prompt as safetensors bytes."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise InvalidInput(f"unsupported dtype {dtype!r}; use one of {sorted(SUPPORTED_DTYPES)}")
+    array = np.ascontiguousarray(np.asarray(embeddings, dtype=SUPPORTED_DTYPES[dtype]))
+    _check_embeddings(array, metadata)
+    return save_safetensors({TENSOR_NAME: array}, metadata=metadata.to_strings())
+
+
+def write_artifact(path: str | Path, embeddings: np.ndarray, metadata: PromptMetadata, *, dtype: str = "float32") -> str:
+    """Write the artifact atomically (temp file + rename) and return its sha256."""
+    data = serialize_artifact(embeddings, metadata, dtype=dtype)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return sha256_hex(data)
+
+
+def parse_artifact(data: bytes, *, source: str = "artifact") -> PromptArtifact:
+    """Decode and check artifact bytes; raise ``InvalidArtifact`` with one line naming ``source`` on any flaw."""
+    try:
+        return _parse(data)
+    except InvalidArtifact as exc:
+        raise InvalidArtifact(f"{source}: {exc}") from None
+
+
+def read_artifact(path: str | Path) -> tuple[PromptArtifact, bytes]:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file")
+    if path.stat().st_size > MAX_ARTIFACT_BYTES:
+        raise InvalidArtifact(f"{path}: larger than {MAX_ARTIFACT_BYTES} bytes; not a prompt artifact")
+    data = path.read_bytes()
+    return parse_artifact(data, source=str(path)), data
+
+
+def _parse(data: bytes) -> PromptArtifact:
+    if not data:
+        raise InvalidArtifact("empty file")
+    strings = _header_metadata(data)
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise InvalidArtifact(f"not a readable safetensors file ({exc})") from None
+    if set(tensors) != {TENSOR_NAME}:
+        raise InvalidArtifact(f"expected exactly one tensor named {TENSOR_NAME!r}, found {sorted(tensors)}")
+    metadata = PromptMetadata.from_strings(strings)
+    embeddings = tensors[TENSOR_NAME]
+    _check_embeddings(embeddings, metadata)
+    return PromptArtifact(embeddings=embeddings, metadata=metadata)
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """Read ``__metadata__`` from the safetensors header (8-byte little-endian length, then JSON)."""
+    if len(data) < 8:
+        raise InvalidArtifact("truncated: shorter than a safetensors header")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8 or header_len > 100 * 1024 * 1024:
+        raise InvalidArtifact("not a safetensors file (header length exceeds the file; pickle or truncated?)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidArtifact("not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise InvalidArtifact("not a safetensors file (header is not a JSON object)")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidArtifact("safetensors __metadata__ must map strings to strings")
+    return metadata
+
+
+def _check_embeddings(array: np.ndarray, metadata: PromptMetadata) -> None:
+    if array.ndim != 2:
+        raise InvalidArtifact(f"{TENSOR_NAME} must be 2-D [num_virtual_tokens, hidden_size], got shape {list(array.shape)}")
+    if str(array.dtype) not in SUPPORTED_DTYPES:
+        raise InvalidArtifact(f"{TENSOR_NAME} dtype {array.dtype} unsupported; use float32 or float16")
+    expected = (metadata.num_virtual_tokens, metadata.hidden_size)
+    if array.shape != expected:
+        raise InvalidArtifact(f"{TENSOR_NAME} shape {list(array.shape)} disagrees with metadata {list(expected)}")
+    if not np.isfinite(array).all():
+        raise InvalidArtifact(f"{TENSOR_NAME} contains NaN or Inf values")
+
+
+def gap_recovered(metrics: Mapping[str, Any]) -> float | None:
+    """Fraction of the compression gap the prompt wins back: (compressed - prompted) / (compressed - full)."""
+    try:
+        full, compressed, prompted = (float(metrics[k]) for k in ("ppl_full", "ppl_compressed", "ppl_prompted"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    gap = compressed - full
+    if not all(math.isfinite(x) for x in (full, compressed, prompted)) or gap <= 0:
+        return None
+    return (compressed - prompted) / gap

@@ -1,0 +1,81 @@
+"""Local cache of prompt bytes and of the last resolutions, so a fleet can start with no DB, S3 or network.
+
+Layout::
+
+    $CTPREG_CACHE_DIR/
+    ├── blobs/<sha256>             artifact bytes, named by their sha256 and re-hashed on every read
+    └── refs/
+        ├── targets/<key>.json     last resolution of a target (key = sha256 of the target's description)
+        └── prompts/<key>.json     last lookup of a prompt reference (NAME, NAME:V, NAME@ALIAS, sha prefix)
+
+Every write goes to a unique temp file in the same folder and is renamed into place (``os.replace``), so readers
+see a whole file or none; correctness never depends on locks. A blob whose hash is wrong is deleted, never returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .artifacts import sha256_hex
+from .errors import StoreError
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class PromptCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256
+
+    def get_blob(self, sha256: str) -> bytes | None:
+        """The cached bytes if present and intact; a corrupt entry is removed and reported as absent."""
+        path = self.blob_path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read cache entry {path}: {exc.strerror or exc}") from exc
+        if sha256_hex(data) != sha256:
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def put_blob(self, sha256: str, data: bytes) -> Path:
+        if sha256_hex(data) != sha256:
+            raise StoreError(f"refusing to cache bytes that do not hash to {sha256[:12]}…")
+        path = self.blob_path(sha256)
+        _atomic_write(path, data)
+        return path
+
+    def get_ref(self, kind: str, parts: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.root / "refs" / kind / f"{_key(parts)}.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def put_ref(self, kind: str, parts: dict[str, Any], value: dict[str, Any]) -> None:
+        path = self.root / "refs" / kind / f"{_key(parts)}.json"
+        _atomic_write(path, json.dumps(value, sort_keys=True, default=str).encode())

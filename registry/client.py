@@ -1,0 +1,137 @@
+"""Python client used where a model is loaded: resolve a target, fetch the prompt, keep working offline.
+
+    from ctpreg.registry import Client
+    client = Client.from_env()
+    prompt = client.resolve("smollm2-135m", method="gptq", bits=3)
+    embeddings = prompt.tensor()
+
+Online, answers come from the registry and are remembered in the cache (``registry.cache``). With
+``CTPREG_OFFLINE=1`` the client never builds an engine or a store client and opens no socket: it answers from the
+cache's ``refs/`` and verified blobs, or says the target was never resolved here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .artifacts import PromptArtifact, PromptMetadata, parse_artifact
+from .cache import PromptCache
+from .errors import IntegrityError, OfflineMiss
+from .matcher import Target
+from .records import PromptRecord
+from .refs import parse_ref
+from .resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K, Validator, resolve
+from .service import Registry
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class ResolvedPrompt:
+    """A prompt chosen for a target (or named by reference), with its verified bytes on local disk."""
+
+    record: PromptRecord
+    path: Path
+    tier: int | None = None
+    explanation: str | None = None
+    data: bytes = field(repr=False, default=b"")
+
+    @cached_property
+    def artifact(self) -> PromptArtifact:
+        return parse_artifact(self.data, source=self.record.ref)
+
+    @property
+    def metadata(self) -> PromptMetadata:
+        return self.artifact.metadata
+
+    def numpy(self) -> Any:
+        return self.artifact.embeddings
+
+    def tensor(self, *, dtype: Any = None, device: Any = None) -> Any:
+        """The embeddings as a torch tensor [num_virtual_tokens, hidden_size] (torch is imported only here)."""
+        import torch
+
+        tensor = torch.from_numpy(self.artifact.embeddings.copy())
+        return tensor.to(dtype=dtype or tensor.dtype, device=device or "cpu")
+
+
+class Client:
+    def __init__(self, settings: Settings, *, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.cache = PromptCache(settings.cache_dir)
+        self._registry = registry
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Client:
+        return cls(Settings.from_env(environ))
+
+    @property
+    def registry(self) -> Registry:
+        if self.settings.offline:
+            raise OfflineMiss("CTPREG_OFFLINE=1: the registry is not contacted")
+        if self._registry is None:
+            self._registry = Registry.from_settings(self.settings)
+        return self._registry
+
+    def resolve(
+        self,
+        model: str,
+        *,
+        method: str | None = None,
+        bits: int | None = None,
+        sparsity: float | None = None,
+        group_size: int | None = None,
+        dataset: str | None = None,
+        task: str | None = None,
+        validator: Validator | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        min_gain: float = DEFAULT_MIN_GAIN,
+    ) -> ResolvedPrompt:
+        target = Target(
+            model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size, dataset=dataset, task=task
+        )
+        key = {"target": target.__dict__}
+        if self.settings.offline:
+            remembered = self.cache.get_ref("targets", key)
+            if remembered is None:
+                raise OfflineMiss(f"offline and {target.describe()} was never resolved on this machine")
+            record = PromptRecord.from_dict(remembered["prompt"])
+            return self._offline_prompt(record, tier=remembered["tier"], explanation=remembered["explanation"])
+        resolution = resolve(self.registry, target, validator=validator, top_k=top_k, min_gain=min_gain)
+        served = resolution.served
+        prompt = self._download(served.prompt, tier=served.tier, explanation=served.explanation)
+        self.cache.put_ref(
+            "targets", key, {"prompt": served.prompt.to_dict(), "tier": served.tier, "explanation": served.explanation}
+        )
+        return prompt
+
+    def fetch(self, ref: str) -> ResolvedPrompt:
+        parsed = parse_ref(ref)
+        key = {"ref": str(parsed)}
+        if self.settings.offline:
+            remembered = self.cache.get_ref("prompts", key)
+            if remembered is None:
+                raise OfflineMiss(f"offline and {ref} was never fetched on this machine")
+            return self._offline_prompt(PromptRecord.from_dict(remembered["prompt"]))
+        record = self.registry.get(ref)
+        prompt = self._download(record)
+        self.cache.put_ref("prompts", key, {"prompt": record.to_dict()})
+        return prompt
+
+    def _download(self, record: PromptRecord, **extra: Any) -> ResolvedPrompt:
+        data = self.cache.get_blob(record.sha256)
+        if data is None:
+            data = self.registry.fetch_record(record)
+            self.cache.put_blob(record.sha256, data)
+        return ResolvedPrompt(record=record, path=self.cache.blob_path(record.sha256), data=data, **extra)
+
+    def _offline_prompt(self, record: PromptRecord, **extra: Any) -> ResolvedPrompt:
+        data = self.cache.get_blob(record.sha256)
+        if data is None:
+            raise IntegrityError(
+                f"offline and the cached bytes of {record.ref} are missing or corrupt; fetch it again online"
+            )
+        return ResolvedPrompt(record=record, path=self.cache.blob_path(record.sha256), data=data, **extra)

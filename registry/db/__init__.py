@@ -1,0 +1,1 @@
+"""Metadata DB: SQLModel rows (``models``), engine and sessions (``engine``), queries (``crud``), Alembic (``migrate``)."""

@@ -1,0 +1,311 @@
+"""Queries on the metadata DB: keyword-only functions that take a session and never commit.
+
+Versions are assigned inside the INSERT (``max(version) + 1`` as a subquery) under the unique constraint on
+``(name, version)``; a concurrent publisher that loses the race retries in a savepoint, so versions are distinct and
+consecutive without a read-then-write window.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from ..errors import Conflict, DatabaseError, NotFound
+from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
+from ..refs import LATEST, PromptRef
+from .models import AliasRow, BaseModelRow, PromptRow, TransferResultRow, utcnow
+
+MAX_VERSION_ATTEMPTS = 200
+_prompt = PromptRow.__table__
+_alias = AliasRow.__table__
+_base = BaseModelRow.__table__
+
+
+def _insert(session: Session, table):  # type: ignore[no-untyped-def]
+    """A dialect-specific INSERT that supports ON CONFLICT (SQLite and PostgreSQL share the syntax)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise DatabaseError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
+
+
+def _to_base_record(row: BaseModelRow) -> BaseModelRecord:
+    return BaseModelRecord(
+        name=row.name, fingerprint=row.fingerprint, hidden_size=row.hidden_size, vocab_size=row.vocab_size,
+        architecture=row.architecture, source=row.source, created_at=row.created_at,
+    )
+
+
+def _to_record(row: PromptRow, base: BaseModelRow, aliases: Iterable[str] = ()) -> PromptRecord:
+    return PromptRecord(
+        id=row.id or 0, name=row.name, version=row.version, model=base.name, model_fingerprint=base.fingerprint,
+        compression=row.compression, dataset=row.dataset, task=row.task, num_virtual_tokens=row.num_virtual_tokens,
+        hidden_size=row.hidden_size, dtype=row.dtype, sha256=row.sha256, size_bytes=row.size_bytes,
+        object_key=row.object_key, metrics=dict(row.metrics or {}), training=dict(row.training or {}),
+        created_at=row.created_at, created_by=row.created_by, deprecated=row.deprecated, aliases=tuple(sorted(aliases)),
+    )
+
+
+# --- base models -------------------------------------------------------------------------------------------------
+
+
+def get_base_model(session: Session, *, name: str) -> BaseModelRecord | None:
+    row = session.execute(select(BaseModelRow).where(BaseModelRow.name == name)).scalars().first()
+    return _to_base_record(row) if row else None
+
+
+def list_base_models(session: Session) -> list[BaseModelRecord]:
+    rows = session.execute(select(BaseModelRow).order_by(BaseModelRow.name)).scalars().all()
+    return [_to_base_record(row) for row in rows]
+
+
+def ensure_base_model(
+    session: Session,
+    *,
+    name: str,
+    fingerprint: str,
+    hidden_size: int,
+    vocab_size: int | None = None,
+    architecture: str | None = None,
+    source: str | None = None,
+) -> int:
+    """Register ``name`` if new (race-free upsert); if known, it must agree on fingerprint and hidden size."""
+    stmt = _insert(session, _base).values(
+        name=name, fingerprint=fingerprint, hidden_size=hidden_size, vocab_size=vocab_size,
+        architecture=architecture, source=source, created_at=utcnow(),
+    )
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+    row = session.execute(select(BaseModelRow).where(BaseModelRow.name == name)).scalars().one()
+    if row.fingerprint != fingerprint:
+        raise Conflict(
+            f"model {name!r} is registered with fingerprint {row.fingerprint[:19]}…, the artifact says "
+            f"{fingerprint[:19]}…: a prompt only fits the embedding space it was trained in"
+        )
+    if row.hidden_size != hidden_size:
+        raise Conflict(f"model {name!r} has hidden size {row.hidden_size}, the artifact says {hidden_size}")
+    if vocab_size is not None and row.vocab_size is not None and row.vocab_size != vocab_size:
+        raise Conflict(f"model {name!r} has vocab size {row.vocab_size}, got {vocab_size}")
+    assert row.id is not None
+    return row.id
+
+
+# --- prompts -----------------------------------------------------------------------------------------------------
+
+
+def _record_query() -> Select:
+    return select(PromptRow, BaseModelRow).join(BaseModelRow, PromptRow.base_model_id == BaseModelRow.id)
+
+
+def _records(session: Session, stmt: Select, *, with_aliases: bool = True) -> list[PromptRecord]:
+    pairs = session.execute(stmt).all()
+    aliases: dict[int, list[str]] = {}
+    if with_aliases and pairs:
+        ids = [prompt.id for prompt, _ in pairs]
+        for prompt_id, alias in session.execute(
+            select(AliasRow.prompt_id, AliasRow.alias).where(AliasRow.prompt_id.in_(ids))
+        ):
+            aliases.setdefault(prompt_id, []).append(alias)
+    return [_to_record(prompt, base, aliases.get(prompt.id, ())) for prompt, base in pairs]
+
+
+def find_by_content(session: Session, *, name: str, sha256: str) -> PromptRecord | None:
+    stmt = _record_query().where(PromptRow.name == name, PromptRow.sha256 == sha256)
+    found = _records(session, stmt)
+    return found[0] if found else None
+
+
+def insert_next_version(session: Session, *, values: dict[str, Any]) -> tuple[PromptRecord, bool]:
+    """Insert a prompt row as the next version of its name; return ``(record, created)``.
+
+    Idempotent on (name, sha256): the same content under the same name returns the existing version.
+    """
+    name, sha = values["name"], values["sha256"]
+    for attempt in range(MAX_VERSION_ATTEMPTS):
+        existing = find_by_content(session, name=name, sha256=sha)
+        if existing is not None:
+            return existing, False
+        next_version = (
+            select(func.coalesce(func.max(PromptRow.version), 0) + 1).where(PromptRow.name == name).scalar_subquery()
+        )
+        try:
+            with session.begin_nested():
+                prompt_id = session.execute(
+                    _prompt.insert().values(**values, version=next_version).returning(_prompt.c.id)
+                ).scalar_one()
+        except IntegrityError:
+            time.sleep(random.uniform(0.0, 0.002 * min(attempt + 1, 25)))
+            continue
+        return _records(session, _record_query().where(PromptRow.id == prompt_id), with_aliases=False)[0], True
+    raise DatabaseError(f"could not assign a version to {name!r} after {MAX_VERSION_ATTEMPTS} attempts")
+
+
+def move_latest(session: Session, *, name: str, prompt_id: int, version: int) -> None:
+    """Point ``name@latest`` at this version unless a newer one already holds it (concurrent publishers)."""
+    stmt = _insert(session, _alias).values(name=name, alias=LATEST, prompt_id=prompt_id, updated_at=utcnow())
+    current_version = select(_prompt.c.version).where(_prompt.c.id == _alias.c.prompt_id).scalar_subquery()
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name", "alias"],
+            set_={"prompt_id": stmt.excluded.prompt_id, "updated_at": stmt.excluded.updated_at},
+            where=current_version < version,
+        )
+    )
+
+
+def set_alias(session: Session, *, name: str, alias: str, prompt_id: int) -> None:
+    stmt = _insert(session, _alias).values(name=name, alias=alias, prompt_id=prompt_id, updated_at=utcnow())
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name", "alias"],
+            set_={"prompt_id": stmt.excluded.prompt_id, "updated_at": stmt.excluded.updated_at},
+        )
+    )
+
+
+def get_prompt(session: Session, *, ref: PromptRef) -> PromptRecord:
+    """The prompt a reference names, or ``NotFound`` saying which part did not match."""
+    stmt = _record_query()
+    if ref.sha_prefix:
+        upper = ref.sha_prefix + "g"  # 'g' sorts after every hex digit: a range scan on the sha256 index
+        stmt = stmt.where(PromptRow.sha256 >= ref.sha_prefix, PromptRow.sha256 < upper).limit(2)
+        found = _records(session, stmt)
+        if not found:
+            raise NotFound(f"no prompt has a sha256 starting with {ref.sha_prefix}")
+        if len({r.sha256 for r in found}) > 1 or len(found) > 1:
+            raise NotFound(f"sha256 prefix {ref.sha_prefix} is ambiguous; give more characters or NAME:VERSION")
+        return found[0]
+    if ref.version is not None:
+        found = _records(session, stmt.where(PromptRow.name == ref.name, PromptRow.version == ref.version))
+        if not found:
+            _raise_unknown_name(session, ref.name)
+            raise NotFound(f"{ref.name} has no version {ref.version}")
+        return found[0]
+    stmt = stmt.join(AliasRow, AliasRow.prompt_id == PromptRow.id).where(
+        AliasRow.name == ref.name, AliasRow.alias == ref.alias
+    )
+    found = _records(session, stmt)
+    if not found:
+        _raise_unknown_name(session, ref.name)
+        raise NotFound(f"{ref.name} has no alias {ref.alias!r}")
+    return found[0]
+
+
+def _raise_unknown_name(session: Session, name: str | None) -> None:
+    if session.execute(select(PromptRow.id).where(PromptRow.name == name).limit(1)).first() is None:
+        raise NotFound(f"no prompt named {name!r}")
+
+
+def list_prompts(
+    session: Session,
+    *,
+    model: str | None = None,
+    methods: Sequence[str] | None = None,
+    bits: int | None = None,
+    dataset: str | None = None,
+    include_deprecated: bool = True,
+    limit: int | None = None,
+) -> list[PromptRecord]:
+    stmt = _record_query()
+    if model:
+        stmt = stmt.where(BaseModelRow.name == model)
+    if methods:
+        stmt = stmt.where(PromptRow.method.in_(list(methods)))
+    if bits is not None:
+        stmt = stmt.where(PromptRow.bits == bits)
+    if dataset:
+        stmt = stmt.where(PromptRow.dataset == dataset)
+    if not include_deprecated:
+        stmt = stmt.where(PromptRow.deprecated.is_(False))
+    stmt = stmt.order_by(PromptRow.name, PromptRow.version)
+    if limit:
+        stmt = stmt.limit(limit)
+    return _records(session, stmt)
+
+
+def compatible_prompts(session: Session, *, fingerprint: str) -> list[PromptRecord]:
+    """Non-deprecated prompts of every base model in this fingerprint class (the matcher's candidates)."""
+    stmt = _record_query().where(BaseModelRow.fingerprint == fingerprint, PromptRow.deprecated.is_(False))
+    return _records(session, stmt, with_aliases=False)
+
+
+def deprecate(session: Session, *, prompt: PromptRecord) -> None:
+    """Mark a version deprecated; if it was ``latest``, move ``latest`` to the newest remaining version."""
+    row = session.get(PromptRow, prompt.id)
+    if row is None:
+        raise NotFound(f"{prompt.ref} disappeared")
+    row.deprecated = True
+    session.add(row)
+    session.flush()
+    holds_latest = session.execute(
+        select(AliasRow).where(AliasRow.name == prompt.name, AliasRow.alias == LATEST, AliasRow.prompt_id == prompt.id)
+    ).first()
+    if holds_latest is None:
+        return
+    newest = session.execute(
+        select(PromptRow.id)
+        .where(PromptRow.name == prompt.name, PromptRow.deprecated.is_(False))
+        .order_by(PromptRow.version.desc())
+        .limit(1)
+    ).scalar()
+    if newest is None:
+        session.execute(delete(AliasRow).where(AliasRow.name == prompt.name, AliasRow.alias == LATEST))
+    else:
+        set_alias(session, name=prompt.name, alias=LATEST, prompt_id=newest)
+
+
+def referenced_shas(session: Session) -> set[str]:
+    return set(session.execute(select(PromptRow.sha256).distinct()).scalars())
+
+
+def is_referenced(session: Session, *, sha256: str) -> bool:
+    return session.execute(select(PromptRow.id).where(PromptRow.sha256 == sha256).limit(1)).first() is not None
+
+
+# --- evidence ----------------------------------------------------------------------------------------------------
+
+
+def add_evidence(
+    session: Session, *, prompt_id: int, target_model: str, target_compression: str, measurement: Measurement,
+    accepted: bool,
+) -> None:
+    target = session.execute(select(BaseModelRow).where(BaseModelRow.name == target_model)).scalars().first()
+    if target is None:
+        raise NotFound(f"unknown target model {target_model!r}")
+    session.add(
+        TransferResultRow(
+            prompt_id=prompt_id, target_model_id=target.id, target_compression=target_compression,
+            eval_dataset=measurement.eval_dataset, eval_tokens=measurement.eval_tokens,
+            ppl_without=measurement.ppl_without, ppl_with=measurement.ppl_with,
+            relative_gain=measurement.relative_gain, accepted=accepted,
+        )
+    )
+
+
+def evidence_for(session: Session, *, target_model: str, target_compression: str | None = None) -> list[Evidence]:
+    stmt = (
+        select(TransferResultRow, BaseModelRow.name)
+        .join(BaseModelRow, TransferResultRow.target_model_id == BaseModelRow.id)
+        .where(BaseModelRow.name == target_model)
+        .order_by(TransferResultRow.measured_at)
+    )
+    if target_compression is not None:
+        stmt = stmt.where(TransferResultRow.target_compression == target_compression)
+    return [
+        Evidence(
+            prompt_id=row.prompt_id, target_model=name, target_compression=row.target_compression,
+            measurement=Measurement(row.ppl_without, row.ppl_with, row.eval_dataset, row.eval_tokens),
+            accepted=row.accepted, measured_at=row.measured_at,
+        )
+        for row, name in session.execute(stmt)
+    ]
+
+

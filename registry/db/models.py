@@ -1,0 +1,96 @@
+"""ORM rows of the metadata DB (DESIGN §5). Domain objects live in ``registry.records``; rows never leave ``db``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp() -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class BaseModelRow(SQLModel, table=True):
+    """A base model: its slug and the fingerprint of its embedding space (shared by a compatibility class)."""
+
+    __tablename__ = "base_model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=128, unique=True)
+    fingerprint: str = Field(max_length=71, index=True)
+    architecture: str | None = Field(default=None, max_length=128)
+    hidden_size: int
+    vocab_size: int | None = None
+    source: str | None = Field(default=None, max_length=1024)
+    created_at: datetime = _timestamp()
+
+
+class PromptRow(SQLModel, table=True):
+    """One immutable prompt version; its bytes live in the object store under ``object_key``."""
+
+    __tablename__ = "prompt"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_prompt_name_version"),
+        UniqueConstraint("name", "sha256", name="uq_prompt_name_sha256"),
+        Index("ix_prompt_model_method_bits", "base_model_id", "method", "bits"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=512)
+    version: int
+    base_model_id: int = Field(sa_column=Column(Integer, ForeignKey("base_model.id"), nullable=False))
+    compression: str = Field(max_length=128)
+    method: str = Field(max_length=32)
+    bits: int | None = None
+    sparsity: float | None = None
+    group_size: int | None = None
+    dataset: str = Field(max_length=256)
+    task: str | None = Field(default=None, max_length=256)
+    num_virtual_tokens: int
+    hidden_size: int
+    dtype: str = Field(max_length=16)
+    sha256: str = Field(max_length=64, index=True)
+    size_bytes: int
+    object_key: str = Field(max_length=256)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    training: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _timestamp()
+    created_by: str = Field(max_length=128)
+    deprecated: bool = False
+
+
+class AliasRow(SQLModel, table=True):
+    """A movable pointer ``name@alias`` → prompt version; ``latest`` moves on every publish."""
+
+    __tablename__ = "alias"
+
+    name: str = Field(max_length=512, primary_key=True)
+    alias: str = Field(max_length=64, primary_key=True)
+    prompt_id: int = Field(sa_column=Column(Integer, ForeignKey("prompt.id"), nullable=False))
+    updated_at: datetime = _timestamp()
+
+
+class TransferResultRow(SQLModel, table=True):
+    """Evidence: a prompt measured on a target (model, compression) with and without it."""
+
+    __tablename__ = "transfer_result"
+    __table_args__ = (Index("ix_transfer_target", "target_model_id", "target_compression"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(sa_column=Column(Integer, ForeignKey("prompt.id"), nullable=False, index=True))
+    target_model_id: int = Field(sa_column=Column(Integer, ForeignKey("base_model.id"), nullable=False))
+    target_compression: str = Field(max_length=128)
+    eval_dataset: str = Field(max_length=256)
+    eval_tokens: int
+    ppl_without: float
+    ppl_with: float
+    relative_gain: float
+    accepted: bool
+    measured_at: datetime = _timestamp()

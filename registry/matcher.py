@@ -1,0 +1,196 @@
+"""The matcher (DESIGN §7): rank compatible prompts for a compressed target, each with a one-line reason.
+
+Tiers, best first:
+  1. measured on this very target and accepted (best measured gain first);
+  2. exact compression match (best recorded gap recovery first);
+  3. same family at another level: equal-or-harsher severity first (prompts transfer down well), then the nearest;
+  4. the other family (quantization <-> pruning, or a prompt learned on the uncompressed model).
+A prompt learned on another base model of the same fingerprint class keeps its tier but ranks after the target
+model's own prompts and says so. Inside a tier, a dataset/task match comes first: a recovery measured on another
+dataset is not comparable. Prompts measured on this target and rejected rank last (tier 9) and are never served.
+Pure functions: no DB, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .compression import FULL_PRECISION_BITS, METHODS, PRUNING, QUANTIZATION, CompressionSpec, method_info
+from .errors import InvalidInput
+from .records import Evidence, Measurement, PromptRecord
+
+MEASURED, EXACT, SAME_FAMILY, OTHER_FAMILY, REJECTED = 1, 2, 3, 4, 9
+_QUANT_BITS = sorted({b for info in METHODS.values() for b in (*info.allowed_bits, info.fixed_bits) if b})
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a prompt is wanted for. Unset fields are wildcards; ``bits`` alone means any quantizer of that width."""
+
+    model: str
+    method: str | None = None
+    bits: int | None = None
+    sparsity: float | None = None
+    group_size: int | None = None
+    dataset: str | None = None
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            info = method_info(self.method)
+            if info.family == QUANTIZATION:
+                allowed = (info.fixed_bits,) if info.fixed_bits else info.allowed_bits
+                if self.bits is not None and self.bits not in allowed:
+                    raise InvalidInput(f"{self.method} supports bits {list(allowed)}, got {self.bits}")
+                if info.fixed_bits:
+                    object.__setattr__(self, "bits", info.fixed_bits)
+            elif self.bits is not None:
+                raise InvalidInput(f"method {self.method!r} takes no bits")
+        elif self.bits is not None and self.bits not in _QUANT_BITS:
+            raise InvalidInput(f"no quantization method supports {self.bits} bits; choose from {_QUANT_BITS}")
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
+            raise InvalidInput(f"sparsity must lie strictly between 0 and 1, got {self.sparsity}")
+        if self.group_size is not None and self.group_size <= 0:
+            raise InvalidInput(f"group size must be a positive integer, got {self.group_size}")
+
+    @property
+    def family(self) -> str | None:
+        if self.method is not None:
+            return METHODS[self.method].family
+        if self.bits is not None:
+            return QUANTIZATION
+        if self.sparsity is not None:
+            return PRUNING
+        return None
+
+    @property
+    def severity(self) -> float | None:
+        if self.family == PRUNING:
+            return FULL_PRECISION_BITS * (1 - self.sparsity) if self.sparsity is not None else None
+        if self.family == QUANTIZATION:
+            return self.bits * (1 - (self.sparsity or 0.0)) if self.bits is not None else None
+        return float(FULL_PRECISION_BITS) if self.method == "none" else None
+
+    @property
+    def spec(self) -> CompressionSpec | None:
+        """The full spec when the target pins one down (needed to record evidence), else None."""
+        if self.method is None:
+            return None
+        try:
+            return CompressionSpec(
+                method=self.method, bits=self.bits, group_size=self.group_size, sparsity=self.sparsity
+            )
+        except InvalidInput:
+            return None
+
+    def describe(self) -> str:
+        if self.spec is not None:
+            return f"{self.model} {self.spec.canonical}"
+        parts = [f"method={self.method}" if self.method else "", f"bits={self.bits}" if self.bits else ""]
+        parts.append(f"sparsity={self.sparsity:g}" if self.sparsity else "")
+        return " ".join([self.model, *filter(None, parts)]) if any(parts) else f"{self.model} (any compression)"
+
+    def matches_exactly(self, spec: CompressionSpec) -> bool:
+        family = self.family
+        if family is None:
+            return True
+        if self.method is not None and spec.method != self.method:
+            return False
+        if family == QUANTIZATION and (spec.family != QUANTIZATION or (self.bits and spec.bits != self.bits)):
+            return False
+        if self.group_size is not None and spec.group_size != self.group_size:
+            return False
+        if self.sparsity is not None:
+            return spec.sparsity is not None and abs(spec.sparsity - self.sparsity) < 1e-9
+        return family == PRUNING or spec.sparsity is None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    prompt: PromptRecord
+    tier: int
+    explanation: str
+    other_model: bool = False
+    measurement: Measurement | None = None
+    sort_key: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "name": self.prompt.name,
+            "version": self.prompt.version,
+            "ref": self.prompt.ref,
+            "sha256": self.prompt.sha256,
+            "model": self.prompt.model,
+            "compression": self.prompt.compression,
+            "dataset": self.prompt.dataset,
+            "tier": self.tier,
+            "explanation": self.explanation,
+            "recovery": self.prompt.recovery,
+        }
+        if self.measurement is not None:
+            out.update(
+                ppl_without=self.measurement.ppl_without,
+                ppl_with=self.measurement.ppl_with,
+                relative_gain=self.measurement.relative_gain,
+                eval_dataset=self.measurement.eval_dataset,
+                eval_tokens=self.measurement.eval_tokens,
+            )
+        return out
+
+
+def rank(target: Target, prompts: Iterable[PromptRecord], evidence: Iterable[Evidence] = ()) -> list[Candidate]:
+    """Order compatible prompts for ``target``; callers pass only prompts of the target's fingerprint class."""
+    latest_evidence: dict[int, Evidence] = {}
+    for item in sorted(evidence, key=lambda e: e.measured_at):
+        latest_evidence[item.prompt_id] = item
+    candidates = [_place(target, prompt, latest_evidence.get(prompt.id)) for prompt in prompts]
+    return sorted(candidates, key=lambda c: c.sort_key)
+
+
+def _place(target: Target, prompt: PromptRecord, evidence: Evidence | None) -> Candidate:
+    spec = prompt.spec
+    other_model = prompt.model != target.model
+    dataset_miss = bool(target.dataset) and prompt.dataset != target.dataset
+    task_miss = bool(target.task) and prompt.task != target.task
+    recovery = prompt.recovery
+    no_recovery = -recovery if recovery is not None else float("inf")
+    if evidence is not None:
+        m = evidence.measurement
+        tier = MEASURED if evidence.accepted else REJECTED
+        verdict = "accepted" if evidence.accepted else "rejected: too little gain"
+        reason = (
+            f"measured on this target: ppl {m.ppl_without:.2f} -> {m.ppl_with:.2f} "
+            f"({-m.relative_gain:+.1%}) on {m.eval_dataset}, {verdict}"
+        )
+        key: tuple[Any, ...] = (-m.relative_gain,)
+    elif target.matches_exactly(spec):
+        tier, key = EXACT, (no_recovery,)
+        shown = f"{recovery:.0%} of the gap" if recovery is not None else "no recorded recovery"
+        reason = f"exact match {spec.canonical}; recovered {shown} on {prompt.dataset}"
+    else:
+        tier, key, reason = _by_severity(target, spec)
+    if other_model:
+        reason += f"; learned on {prompt.model} (same tokenizer and hidden size): validate before use"
+    if dataset_miss and tier != MEASURED:
+        reason += f"; trained on {prompt.dataset}, not {target.dataset}"
+    sort_key = (tier, other_model, dataset_miss, task_miss, *key, no_recovery, -prompt.version, prompt.name)
+    return Candidate(
+        prompt=prompt, tier=tier, explanation=reason, other_model=other_model,
+        measurement=evidence.measurement if evidence else None, sort_key=sort_key,
+    )
+
+
+def _by_severity(target: Target, spec: CompressionSpec) -> tuple[int, tuple[Any, ...], str]:
+    wanted = target.severity
+    level = f"{spec.canonical} ({spec.severity:g} bits/weight"
+    if wanted is None:
+        return SAME_FAMILY if spec.family == target.family else OTHER_FAMILY, (0, 0.0), f"{level}) for a partial target"
+    distance = abs(spec.severity - wanted)
+    if spec.family == target.family:
+        harsher = spec.severity <= wanted
+        direction = "equal or harsher, transfers down well" if harsher else "milder"
+        reason = f"same family at {level} vs {wanted:g}: {direction})"
+        return SAME_FAMILY, (0 if harsher else 1, distance), reason
+    return OTHER_FAMILY, (distance,), f"other family {level} vs {wanted:g})"

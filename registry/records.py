@@ -1,0 +1,131 @@
+"""Domain objects the registry returns: plain frozen dataclasses, independent of the ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .artifacts import gap_recovered
+from .compression import CompressionSpec, parse_compression
+
+
+@dataclass(frozen=True)
+class BaseModelRecord:
+    name: str
+    fingerprint: str
+    hidden_size: int
+    vocab_size: int | None = None
+    architecture: str | None = None
+    source: str | None = None
+    created_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "architecture": self.architecture,
+            "source": self.source,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One published prompt version as the registry knows it."""
+
+    id: int
+    name: str
+    version: int
+    model: str
+    model_fingerprint: str
+    compression: str
+    dataset: str
+    task: str | None
+    num_virtual_tokens: int
+    hidden_size: int
+    dtype: str
+    sha256: str
+    size_bytes: int
+    object_key: str
+    metrics: dict[str, Any]
+    training: dict[str, Any]
+    created_at: datetime
+    created_by: str
+    deprecated: bool
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def spec(self) -> CompressionSpec:
+        return parse_compression(self.compression)
+
+    @property
+    def recovery(self) -> float | None:
+        return gap_recovered(self.metrics)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptRecord:
+        """Rebuild a record from ``to_dict`` output (the client cache stores records this way)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["created_at"] = datetime.fromisoformat(data["created_at"])
+        fields["aliases"] = tuple(data.get("aliases", ()))
+        fields.setdefault("id", 0)
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "compression": self.compression,
+            "dataset": self.dataset,
+            "task": self.task,
+            "num_virtual_tokens": self.num_virtual_tokens,
+            "hidden_size": self.hidden_size,
+            "dtype": self.dtype,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "object_key": self.object_key,
+            "metrics": self.metrics,
+            "recovery": self.recovery,
+            "training": self.training,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+            "deprecated": self.deprecated,
+            "aliases": list(self.aliases),
+        }
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A validator's verdict on one prompt applied to one target."""
+
+    ppl_without: float
+    ppl_with: float
+    eval_dataset: str
+    eval_tokens: int
+
+    @property
+    def relative_gain(self) -> float:
+        return (self.ppl_without - self.ppl_with) / self.ppl_without
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A stored measurement of ``prompt_id`` on a target (the matcher's tier 1)."""
+
+    prompt_id: int
+    target_model: str
+    target_compression: str
+    measurement: Measurement
+    accepted: bool
+    measured_at: datetime

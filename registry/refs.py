@@ -1,0 +1,71 @@
+"""Prompt names and references.
+
+A name is ``/``-separated segments of letters, digits and ``._+-`` (each starting with a letter or digit), so it can
+never climb out of a folder or collide with reference syntax. A reference is one of:
+``name`` (its ``latest`` alias), ``name:VERSION``, ``name@ALIAS``, or a sha256 prefix of at least 8 hex characters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidInput
+
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
+_NAME_RE = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,7}}$")
+_ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+_SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{8,64}$")
+LATEST = "latest"
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name) or ".." in name:
+        raise InvalidInput(
+            f"invalid prompt name {name!r}: use '/'-separated segments of letters, digits and '._+-', "
+            "each starting with a letter or digit (e.g. smollm2-135m/gptq-w3-g128/wiki)"
+        )
+    return name
+
+
+def check_alias(alias: str) -> str:
+    if not _ALIAS_RE.match(alias):
+        raise InvalidInput(f"invalid alias {alias!r}: a letter, then letters, digits or '._-' (e.g. prod)")
+    return alias
+
+
+@dataclass(frozen=True)
+class PromptRef:
+    """A parsed reference: exactly one of ``version``, ``alias`` or ``sha_prefix`` says which prompt of ``name``."""
+
+    name: str | None = None
+    version: int | None = None
+    alias: str | None = None
+    sha_prefix: str | None = None
+
+    def __str__(self) -> str:
+        if self.sha_prefix:
+            return self.sha_prefix
+        if self.version is not None:
+            return f"{self.name}:{self.version}"
+        return f"{self.name}@{self.alias}"
+
+
+def parse_ref(text: str) -> PromptRef:
+    text = text.strip()
+    if _SHA_PREFIX_RE.match(text):
+        return PromptRef(sha_prefix=text)
+    if "@" in text:
+        name, _, alias = text.rpartition("@")
+        return PromptRef(name=check_name(name), alias=check_alias(alias))
+    if ":" in text:
+        name, _, version = text.rpartition(":")
+        if not version.isdigit() or int(version) < 1:
+            raise InvalidInput(f"malformed reference {text!r}: the version after ':' must be a positive integer")
+        return PromptRef(name=check_name(name), version=int(version))
+    try:
+        return PromptRef(name=check_name(text), alias=LATEST)
+    except InvalidInput:
+        raise InvalidInput(
+            f"malformed reference {text!r}: use NAME, NAME:VERSION, NAME@ALIAS or a sha256 prefix (>= 8 hex chars)"
+        ) from None

@@ -1,0 +1,86 @@
+"""Resolve a target to a served prompt: rank (``matcher``), then optionally validate on the target itself.
+
+The registry never imports torch: validation is a callable passed in (the trainer provides one) that measures
+perplexity of the target without and with a prompt. Every measurement is stored as evidence, so the next resolve
+of the same target ranks by it (tier 1) without measuring again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .artifacts import PromptArtifact, parse_artifact
+from .errors import InvalidInput, NoHelpfulPrompt
+from .matcher import MEASURED, REJECTED, Candidate, Target
+from .records import Measurement
+from .service import Registry
+
+log = logging.getLogger(__name__)
+
+#: ``validate(artifact, target) -> Measurement``: perplexity of the target without and with the prompt.
+Validator = Callable[[PromptArtifact, Target], Measurement]
+DEFAULT_TOP_K = 3
+DEFAULT_MIN_GAIN = 0.01
+
+
+@dataclass(frozen=True)
+class Resolution:
+    target: Target
+    served: Candidate
+    candidates: list[Candidate]
+    measured: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "target": self.target.describe(),
+            "served": self.served.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "measured": len(self.measured),
+        }
+
+
+def resolve(
+    registry: Registry,
+    target: Target,
+    *,
+    validator: Validator | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    min_gain: float = DEFAULT_MIN_GAIN,
+    revalidate: bool = False,
+) -> Resolution:
+    """Rank candidates; with a validator, measure the top ``top_k`` on the target and serve the best that helps."""
+    if top_k < 1:
+        raise InvalidInput("top-k must be at least 1")
+    ranked = registry.candidates(target)
+    if validator is None or (ranked[0].tier == MEASURED and not revalidate):
+        return Resolution(target=target, served=_first_servable(target, ranked), candidates=ranked)
+    if target.spec is None:
+        raise InvalidInput("--validate needs a fully specified target: --method and its level (bits or sparsity)")
+    to_measure = [c for c in ranked if revalidate or c.tier != REJECTED][:top_k]
+    measured = []
+    for candidate in to_measure:
+        artifact = parse_artifact(registry.fetch_record(candidate.prompt), source=candidate.prompt.ref)
+        measurement = validator(artifact, target)
+        accepted = measurement.relative_gain >= min_gain
+        registry.record_evidence(target, candidate.prompt, measurement, accepted=accepted)
+        log.info("validated %s on %s: gain %.2f%%", candidate.prompt.ref, target.describe(), 100 * measurement.relative_gain)
+        measured.append(candidate.prompt.id)
+    reranked = registry.candidates(target)
+    accepted_first = [c for c in reranked if c.tier == MEASURED]
+    return Resolution(
+        target=target,
+        served=_first_servable(target, accepted_first or [c for c in reranked if c.prompt.id in measured]),
+        candidates=reranked,
+        measured=[c for c in reranked if c.prompt.id in measured],
+    )
+
+
+def _first_servable(target: Target, ranked: list[Candidate]) -> Candidate:
+    for candidate in ranked:
+        if candidate.tier != REJECTED:
+            return candidate
+    best = ranked[0].measurement if ranked else None
+    detail = f" (best: {best.ppl_without:.2f} -> {best.ppl_with:.2f})" if best else ""
+    raise NoHelpfulPrompt(f"no compatible prompt improves {target.describe()} enough when measured on it{detail}")

@@ -1,0 +1,212 @@
+"""The registry: metadata DB + object store behind one object, used by the CLI and the client.
+
+Publish (DESIGN §6) is check → upload → one DB transaction. A crash between upload and commit leaves only an
+unreferenced object, which ``gc`` removes once it is older than the grace period; no row ever points to a missing
+object because rows are written after their objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .artifacts import PromptArtifact, PromptMetadata, parse_artifact, read_artifact
+from .db import crud
+from .db.engine import Database
+from .errors import Conflict, InvalidInput, NoCompatiblePrompt
+from .matcher import Candidate, Target, rank
+from .records import BaseModelRecord, Measurement, PromptRecord
+from .refs import LATEST, check_alias, check_name, parse_ref
+from .settings import Settings
+from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
+
+log = logging.getLogger(__name__)
+DEFAULT_GC_GRACE_SECONDS = 3600
+
+
+def default_prompt_name(metadata: PromptMetadata) -> str:
+    return f"{metadata.model}/{metadata.compression.canonical}/{metadata.dataset}"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    prompt: PromptRecord
+    created: bool
+
+
+class Registry:
+    """Prompts, base models and evidence, stored in ``db`` (metadata) and ``store`` (bytes)."""
+
+    def __init__(self, db: Database, store: ObjectStore, *, user: str = "unknown") -> None:
+        self.db = db
+        self.store = store
+        self.user = user
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        embedded = settings.db_url == f"sqlite:///{settings.home / 'registry.db'}"
+        return cls(
+            Database(settings.db_url, auto_upgrade_empty=embedded),
+            open_store(settings.store_url, s3_endpoint_url=settings.s3_endpoint_url),
+            user=settings.user,
+        )
+
+    # --- publish -------------------------------------------------------------------------------------------------
+
+    def publish(self, path: str | Path, *, name: str | None = None, alias: str | None = None) -> PublishResult:
+        artifact, data = read_artifact(path)
+        return self.publish_bytes(data, artifact=artifact, name=name, alias=alias)
+
+    def publish_bytes(
+        self, data: bytes, *, artifact: PromptArtifact | None = None, name: str | None = None, alias: str | None = None
+    ) -> PublishResult:
+        artifact = artifact or parse_artifact(data)
+        meta = artifact.metadata
+        name = check_name(name or default_prompt_name(meta))
+        if alias is not None and check_alias(alias) == LATEST:
+            raise InvalidInput("'latest' moves by itself on publish; choose another alias")
+        self._check_against_registered_model(meta)
+        sha, key = self.store.put_content(data)
+        spec = meta.compression
+        values = dict(
+            name=name, compression=spec.canonical, method=spec.method, bits=spec.bits, sparsity=spec.sparsity,
+            group_size=spec.group_size, dataset=meta.dataset, task=meta.task,
+            num_virtual_tokens=meta.num_virtual_tokens, hidden_size=meta.hidden_size, dtype=artifact.dtype,
+            sha256=sha, size_bytes=len(data), object_key=key, metrics=meta.metrics, training=meta.training,
+            created_at=datetime.now(UTC), created_by=self.user, deprecated=False,
+        )
+        with self.db.session(write=True) as session:
+            values["base_model_id"] = crud.ensure_base_model(
+                session, name=meta.model, fingerprint=meta.model_fingerprint, hidden_size=meta.hidden_size
+            )
+            record, created = crud.insert_next_version(session, values=values)
+            if created:
+                crud.move_latest(session, name=name, prompt_id=record.id, version=record.version)
+            if alias:
+                crud.set_alias(session, name=name, alias=alias, prompt_id=record.id)
+        log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")
+        return PublishResult(prompt=self.get(record.ref), created=created)
+
+    def _check_against_registered_model(self, meta: PromptMetadata) -> None:
+        """Fail before uploading anything when the artifact contradicts its registered base model."""
+        known = self.get_model(meta.model)
+        if known is None:
+            return
+        if known.fingerprint != meta.model_fingerprint:
+            raise Conflict(
+                f"model {meta.model!r} is registered with fingerprint {known.fingerprint[:19]}…, the artifact says "
+                f"{meta.model_fingerprint[:19]}…: a prompt only fits the embedding space it was trained in"
+            )
+        if known.hidden_size != meta.hidden_size:
+            raise Conflict(f"model {meta.model!r} has hidden size {known.hidden_size}, the artifact says {meta.hidden_size}")
+
+    # --- read ----------------------------------------------------------------------------------------------------
+
+    def get(self, ref: str) -> PromptRecord:
+        with self.db.session() as session:
+            return crud.get_prompt(session, ref=parse_ref(ref))
+
+    def list_prompts(
+        self, *, model: str | None = None, methods: list[str] | None = None, bits: int | None = None,
+        dataset: str | None = None, include_deprecated: bool = True, limit: int | None = None,
+    ) -> list[PromptRecord]:
+        with self.db.session() as session:
+            return crud.list_prompts(
+                session, model=model, methods=methods, bits=bits, dataset=dataset,
+                include_deprecated=include_deprecated, limit=limit,
+            )
+
+    def fetch(self, ref: str) -> tuple[PromptRecord, bytes]:
+        """The prompt and its bytes, verified against the recorded sha256."""
+        record = self.get(ref)
+        return record, self.fetch_record(record)
+
+    def fetch_record(self, record: PromptRecord) -> bytes:
+        return self.store.get_verified(record.object_key, record.sha256)
+
+    # --- aliases and lifecycle -----------------------------------------------------------------------------------
+
+    def set_alias(self, ref: str, alias: str) -> PromptRecord:
+        if check_alias(alias) == LATEST:
+            raise InvalidInput("'latest' moves by itself on publish; choose another alias")
+        record = self.get(ref)
+        with self.db.session(write=True) as session:
+            crud.set_alias(session, name=record.name, alias=alias, prompt_id=record.id)
+        return self.get(f"{record.name}@{alias}")
+
+    def deprecate(self, ref: str) -> PromptRecord:
+        record = self.get(ref)
+        with self.db.session(write=True) as session:
+            crud.deprecate(session, prompt=record)
+        return self.get(record.ref)
+
+    def gc(self, *, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS, dry_run: bool = False) -> list[ObjectInfo]:
+        """Remove store objects no prompt references that are older than the grace period."""
+        if grace_seconds < 0:
+            raise InvalidInput("grace must be >= 0 seconds")
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+        with self.db.session() as session:
+            referenced = crud.referenced_shas(session)
+        orphans = [
+            item for item in self.store.list()
+            if sha_of_key(item.key) not in referenced and item.modified <= cutoff
+        ]
+        removed = []
+        for item in orphans:
+            with self.db.session() as session:  # re-check: a publish may have claimed it meanwhile
+                if crud.is_referenced(session, sha256=sha_of_key(item.key) or ""):
+                    continue
+            if not dry_run:
+                self.store.delete(item.key)
+            removed.append(item)
+        return removed
+
+    # --- base models ---------------------------------------------------------------------------------------------
+
+    def add_model(self, model: BaseModelRecord) -> BaseModelRecord:
+        with self.db.session(write=True) as session:
+            crud.ensure_base_model(
+                session, name=model.name, fingerprint=model.fingerprint, hidden_size=model.hidden_size,
+                vocab_size=model.vocab_size, architecture=model.architecture, source=model.source,
+            )
+        registered = self.get_model(model.name)
+        assert registered is not None
+        return registered
+
+    def get_model(self, name: str) -> BaseModelRecord | None:
+        with self.db.session() as session:
+            return crud.get_base_model(session, name=name)
+
+    def list_models(self) -> list[BaseModelRecord]:
+        with self.db.session() as session:
+            return crud.list_base_models(session)
+
+    # --- matching ------------------------------------------------------------------------------------------------
+
+    def candidates(self, target: Target) -> list[Candidate]:
+        """Every compatible, non-deprecated prompt for ``target``, ranked; ``NoCompatiblePrompt`` if none."""
+        with self.db.session() as session:
+            base = crud.get_base_model(session, name=target.model)
+            if base is None:
+                raise NoCompatiblePrompt(f"model {target.model!r} is not registered, so no prompt is known to fit it")
+            prompts = crud.compatible_prompts(session, fingerprint=base.fingerprint)
+            spec = target.spec
+            evidence = (
+                crud.evidence_for(session, target_model=target.model, target_compression=spec.canonical)
+                if spec is not None else []
+            )
+        if not prompts:
+            raise NoCompatiblePrompt(f"no prompt shares the embedding space of {target.model!r}")
+        return rank(target, prompts, evidence)
+
+    def record_evidence(self, target: Target, prompt: PromptRecord, measurement: Measurement, *, accepted: bool) -> None:
+        spec = target.spec
+        if spec is None:
+            raise InvalidInput("evidence needs a fully specified target compression (method and level)")
+        with self.db.session(write=True) as session:
+            crud.add_evidence(
+                session, prompt_id=prompt.id, target_model=target.model, target_compression=spec.canonical,
+                measurement=measurement, accepted=accepted,
+            )

@@ -1,0 +1,69 @@
+"""Configuration, read once (CLI callback or ``Client.from_env()``) and passed down.
+
+Precedence: environment variables, then ``ctpreg.toml`` (``$CTPREG_CONFIG`` or ``$CTPREG_HOME/ctpreg.toml``), then defaults.
+Nothing reads the environment at import time, so tests pass their own mapping instead of patching modules.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidInput
+
+_TOML_KEYS = {
+    "db_url": "CTPREG_DB_URL",
+    "store_url": "CTPREG_STORE_URL",
+    "s3_endpoint_url": "CTPREG_S3_ENDPOINT_URL",
+    "cache_dir": "CTPREG_CACHE_DIR",
+    "offline": "CTPREG_OFFLINE",
+}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the registry keeps its metadata, objects and local cache."""
+
+    home: Path
+    db_url: str
+    store_url: str
+    cache_dir: Path
+    s3_endpoint_url: str | None = None
+    offline: bool = False
+    user: str = "unknown"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        home = Path(env.get("CTPREG_HOME") or Path.home() / ".ctpreg").expanduser()
+        values = _read_toml(Path(env["CTPREG_CONFIG"]) if env.get("CTPREG_CONFIG") else home / "ctpreg.toml")
+        for toml_key, env_key in _TOML_KEYS.items():
+            if env_key not in env and toml_key in values:
+                env[env_key] = str(values[toml_key])
+        return cls(
+            home=home,
+            db_url=env.get("CTPREG_DB_URL") or f"sqlite:///{home / 'registry.db'}",
+            store_url=env.get("CTPREG_STORE_URL") or (home / "objects").as_uri(),
+            cache_dir=Path(env.get("CTPREG_CACHE_DIR") or home / "cache").expanduser(),
+            s3_endpoint_url=env.get("CTPREG_S3_ENDPOINT_URL") or None,
+            offline=env.get("CTPREG_OFFLINE", "").strip().lower() in _TRUE,
+            user=env.get("USER") or env.get("USERNAME") or "unknown",
+        )
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid TOML ({exc})") from exc
+    section = data.get("ctpreg", data)
+    unknown = set(section) - set(_TOML_KEYS)
+    if unknown:
+        raise InvalidInput(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_TOML_KEYS)}")
+    return section
