@@ -148,7 +148,19 @@ def serialize_artifact(embeddings: np.ndarray, metadata: PromptMetadata, *, dtyp
         raise InvalidInput(f"unsupported dtype {dtype!r}; use one of {sorted(SUPPORTED_DTYPES)}")
     array = np.ascontiguousarray(np.asarray(embeddings, dtype=SUPPORTED_DTYPES[dtype]))
     _check_embeddings(array, metadata)
-    return save_safetensors({TENSOR_NAME: array}, metadata=metadata.to_strings())
+    return _canonical_header(save_safetensors({TENSOR_NAME: array}, metadata=metadata.to_strings()))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """Rewrite the header as sorted compact JSON so equal prompts give equal bytes (and equal content addresses).
+
+    safetensors writes metadata in hash-map order, which differs between calls; the data section is untouched.
+    """
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + data[8 + header_len :]
 
 
 def write_artifact(path: str | Path, embeddings: np.ndarray, metadata: PromptMetadata, *, dtype: str = "float32") -> str:

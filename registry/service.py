@@ -83,7 +83,7 @@ class Registry:
             )
             record, created = crud.insert_next_version(session, values=values)
             if created:
-                crud.move_latest(session, name=name, prompt_id=record.id, version=record.version)
+                crud.move_latest(session, name=name, prompt_id=record.id)
             if alias:
                 crud.set_alias(session, name=name, alias=alias, prompt_id=record.id)
         log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")

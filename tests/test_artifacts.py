@@ -93,3 +93,8 @@ def test_gap_recovered() -> None:
     assert gap_recovered({"ppl_full": 20, "ppl_compressed": 40, "ppl_prompted": 25}) == pytest.approx(0.75)
     assert gap_recovered({"ppl_full": 20, "ppl_compressed": 20, "ppl_prompted": 19}) is None
     assert gap_recovered({}) is None
+
+
+def test_serialization_is_deterministic() -> None:
+    assert len({artifact_bytes(seed=4) for _ in range(20)}) == 1
+    parse_artifact(artifact_bytes(seed=4))

@@ -148,15 +148,19 @@ def insert_next_version(session: Session, *, values: dict[str, Any]) -> tuple[Pr
     raise DatabaseError(f"could not assign a version to {name!r} after {MAX_VERSION_ATTEMPTS} attempts")
 
 
-def move_latest(session: Session, *, name: str, prompt_id: int, version: int) -> None:
-    """Point ``name@latest`` at this version unless a newer one already holds it (concurrent publishers)."""
+def move_latest(session: Session, *, name: str, prompt_id: int) -> None:
+    """Point ``name@latest`` at this prompt unless a newer version already holds it (concurrent publishers).
+
+    Comparing ids is comparing versions: a version is max(committed) + 1, so the row holding version k + 1 was
+    inserted after version k had committed and drew a larger id. No subquery, so no stale snapshot under READ
+    COMMITTED when PostgreSQL re-checks the condition after waiting for a concurrent upsert.
+    """
     stmt = _insert(session, _alias).values(name=name, alias=LATEST, prompt_id=prompt_id, updated_at=utcnow())
-    current_version = select(_prompt.c.version).where(_prompt.c.id == _alias.c.prompt_id).scalar_subquery()
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=["name", "alias"],
             set_={"prompt_id": stmt.excluded.prompt_id, "updated_at": stmt.excluded.updated_at},
-            where=current_version < version,
+            where=_alias.c.prompt_id < stmt.excluded.prompt_id,
         )
     )
 

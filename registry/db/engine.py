@@ -39,9 +39,6 @@ def create_db_engine(url: str) -> Engine:
 
 
 def _sqlite_engine(url: str) -> Engine:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -84,6 +81,7 @@ class Database:
         return self.engine.dialect.name
 
     def current_revision(self) -> str | None:
+        self._make_sqlite_folder()
         try:
             with self.engine.connect() as conn:
                 if not inspect(conn).has_table("alembic_version"):
@@ -96,6 +94,7 @@ class Database:
         """Refuse to run against a DB whose schema differs from the code; upgrade a brand-new embedded DB."""
         if self._schema_checked:
             return
+        self._make_sqlite_folder()
         revision = self.current_revision()
         if revision is None and self._auto_upgrade_empty and self._is_empty():
             from .migrate import upgrade
@@ -108,6 +107,12 @@ class Database:
                 f"metadata DB {safe_url(self.url)} {state}; this ctpreg needs {SCHEMA_REVISION}: run `ctpreg db upgrade`"
             )
         self._schema_checked = True
+
+    def _make_sqlite_folder(self) -> None:
+        """Create an embedded DB's folder only when the DB is first used, so failed commands leave no trace."""
+        database = self.engine.url.database
+        if self.dialect == "sqlite" and database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
     def _is_empty(self) -> bool:
         with self.engine.connect() as conn:

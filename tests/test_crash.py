@@ -1,0 +1,58 @@
+"""A publish killed between upload and commit leaves only an orphan object, which gc removes after the grace."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ctpreg.registry.service import Registry
+from ctpreg.registry.stores.local import LocalStore
+from helpers import artifact_bytes
+
+KILL_BEFORE_COMMIT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from ctpreg.registry.db import crud
+from helpers import artifact_bytes, open_registry
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)   # the object is uploaded; the DB transaction never commits
+
+crud.insert_next_version = die
+open_registry({db_url!r}, {store_url!r}).publish_bytes(artifact_bytes(seed=99), name="crashy")
+"""
+
+
+def test_sigkill_between_upload_and_commit(registry: Registry, db_url: str, store_dir: Path) -> None:
+    kept = registry.publish_bytes(artifact_bytes(seed=1), name="kept").prompt
+    script = KILL_BEFORE_COMMIT.format(tests=str(Path(__file__).parent), db_url=db_url, store_url=store_dir.as_uri())
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+
+    store = LocalStore(store_dir)
+    keys = {o.key for o in store.list()}
+    assert len(keys) == 2, "the killed publish uploaded its object"
+    assert all(store.exists(r.object_key) for r in registry.list_prompts()), "no row may point to a missing object"
+    assert [r.name for r in registry.list_prompts()] == ["kept"]
+
+    assert registry.gc(grace_seconds=3600) == [], "young orphans survive the grace period"
+    old = time.time() - 7200
+    for path in store_dir.rglob("*.safetensors"):
+        os.utime(path, (old, old))
+    dry = registry.gc(grace_seconds=3600, dry_run=True)
+    assert len(dry) == 1 and len({o.key for o in store.list()}) == 2
+    removed = registry.gc(grace_seconds=3600)
+    assert [o.key for o in removed] == [o.key for o in dry]
+    assert {o.key for o in store.list()} == {kept.object_key}
+    assert registry.fetch(kept.ref)[1] == artifact_bytes(seed=1)
+
+
+def test_republishing_an_old_orphan_refreshes_it(registry: Registry, store_dir: Path) -> None:
+    data = artifact_bytes(seed=5)
+    sha, key = registry.store.put_content(data)  # an orphan from some earlier crash
+    old = time.time() - 7200
+    os.utime(store_dir / key, (old, old))
+    registry.publish_bytes(data, name="reuse")
+    assert registry.gc(grace_seconds=0) == []
+    assert registry.fetch("reuse")[1] == data
