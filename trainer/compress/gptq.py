@@ -1,0 +1,75 @@
+"""GPTQ through GPTQModel (the maintained successor of auto-gptq, which fails with transformers >= 4.54 and refuses
+to quantize without CUDA).
+
+The packed checkpoint GPTQModel writes is the cached artifact. For prompt training it is loaded with the torch
+kernel and each ``TorchLinear`` is dequantized once into a dense fp32 ``nn.Linear`` holding exactly the
+quantized values ("fake quant"): same function, faster forward and backward on CPU. A test checks the logits of both
+forms agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ctpreg.registry.compression import CompressionSpec
+
+from .modules import replace_module
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_gptqmodel():
+    """GPTQModel prints banners to stdout on import; keep stdout clean for --json output."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))  # native quantize crashes without it
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def quantize_gptq(
+    checkpoint: Path, spec: CompressionSpec, calibration: torch.Tensor, output: Path, *, batch_size: int = 16
+) -> Path:
+    """Quantize the HF checkpoint folder ``checkpoint`` (it must hold a tokenizer) into ``output``."""
+    with _quiet_gptqmodel():
+        from gptqmodel import GPTQModel, QuantizeConfig
+
+        config = QuantizeConfig(bits=spec.bits, group_size=spec.group_size, sym=True, desc_act=False, true_sequential=False)
+        model = GPTQModel.load(str(checkpoint), config, dtype=torch.float32)
+        samples = [{"input_ids": row.tolist(), "attention_mask": [1] * row.shape[0]} for row in calibration]
+        log.info("gptq %s: %d calibration windows of %d tokens", spec.canonical, len(samples), calibration.shape[1])
+        model.quantize(samples, batch_size=batch_size)
+        model.save(str(output))
+    return output
+
+
+def load_packed(folder: Path) -> nn.Module:
+    """The quantized model with GPTQModel's torch kernel (bf16), as GPTQModel serves it."""
+    with _quiet_gptqmodel():
+        from gptqmodel import BACKEND, GPTQModel
+
+        return GPTQModel.load(str(folder), device="cpu", backend=BACKEND.GPTQ_TORCH).model
+
+
+@torch.no_grad()
+def dequantize_dense(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Replace every GPTQ ``TorchLinear`` with a dense ``nn.Linear`` holding its dequantized weights."""
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, TorchLinear):
+            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            dense.weight.data = module.dequantize_weight().T.contiguous().to(dtype)
+            if module.bias is not None:
+                dense.bias.data = module.bias.detach().to(dtype)
+            replace_module(model, name, dense)
+    model.to(dtype)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model

@@ -1,0 +1,179 @@
+"""Text corpora → token windows, split into train and validation by document.
+
+Sources:
+- ``wiki``: 206 Wikipedia pages shipped in the gensim wheel (markup stripped with gensim's ``filter_wiki``);
+- ``news``: the Lee corpus of 300 ABC news articles, also in the gensim wheel;
+- a local ``.txt`` (documents separated by blank lines) or ``.jsonl`` (one ``{"text": ...}`` per line) file;
+- ``wikitext2``, ``c4``, ``ptb`` through ``datasets`` (for users with a hub; nothing is fetched for the others).
+Every 10th document goes to validation, so both splits span the corpus and no document straddles them. Each
+split's documents are joined with the EOS token and cut into non-overlapping windows of ``seq_len`` tokens.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctpreg.registry.errors import InvalidInput, MissingExtra
+
+VALIDATION_EVERY = 10
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+NEWS_FILE = "lee_background.cor"
+HUB_DATASETS = {
+    "wikitext2": ("wikitext", "wikitext-2-raw-v1", "text"),
+    "ptb": ("ptb_text_only", "penn_treebank", "sentence"),
+    "c4": ("allenai/c4", "en", "text"),
+}
+MIN_WIKI_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    documents: tuple[str, ...]
+
+    @cached_property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for doc in self.documents:
+            digest.update(hashlib.sha256(doc.encode()).digest())
+        return digest.hexdigest()
+
+    def split(self) -> tuple[list[str], list[str]]:
+        train = [d for i, d in enumerate(self.documents) if i % VALIDATION_EVERY != VALIDATION_EVERY - 1]
+        validation = [d for i, d in enumerate(self.documents) if i % VALIDATION_EVERY == VALIDATION_EVERY - 1]
+        return train, validation
+
+
+@dataclass(frozen=True)
+class TokenWindows:
+    """Non-overlapping token windows [N, seq_len] per split, and a hash that pins tokenizer, text and cut."""
+
+    train: torch.Tensor
+    validation: torch.Tensor
+    seq_len: int
+    corpus: str
+
+    @cached_property
+    def data_hash(self) -> str:
+        digest = hashlib.sha256(f"{self.corpus}/{self.seq_len}".encode())
+        digest.update(self.train.numpy().tobytes())
+        digest.update(self.validation.numpy().tobytes())
+        return digest.hexdigest()
+
+
+def _gensim_data(filename: str) -> Path:
+    spec = importlib.util.find_spec("gensim")
+    for folder in spec.submodule_search_locations if spec else []:
+        path = Path(folder) / "test" / "test_data" / filename
+        if path.is_file():
+            return path
+    raise MissingExtra("the packaged corpora ship in the gensim wheel: pip install gensim==4.4.0")
+
+
+def _wiki() -> Corpus:
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    documents = []
+    with bz2.open(_gensim_data(WIKI_FILE)) as handle:
+        for _title, text, _pageid in extract_pages(handle, filter_namespaces=("0",)):
+            if text.lstrip().lower().startswith("#redirect"):
+                continue
+            text = filter_wiki(text).replace("'''", "").replace("''", "")  # bold/italic quotes survive filter_wiki
+            clean = "\n".join(line.strip() for line in text.splitlines() if line.strip())
+            if len(clean) >= MIN_WIKI_CHARS:
+                documents.append(clean)
+    return Corpus("wiki", tuple(documents))
+
+
+def _news() -> Corpus:
+    lines = _gensim_data(NEWS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    return Corpus("news", tuple(line.strip() for line in lines if line.strip()))
+
+
+def _local(path: Path) -> Corpus:
+    if not path.is_file():
+        raise InvalidInput(f"text file {path} does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".jsonl":
+        documents = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                documents.append(str(json.loads(line)["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise InvalidInput(f"{path}:{number}: expected a JSON object with a 'text' field") from None
+    else:
+        documents = [block.strip() for block in text.split("\n\n") if block.strip()]
+    if not documents:
+        raise InvalidInput(f"{path} holds no text")
+    return Corpus(path.stem, tuple(documents))
+
+
+def _hub(name: str) -> Corpus:
+    from datasets import load_dataset
+
+    dataset, config, field = HUB_DATASETS[name]
+    split = load_dataset(dataset, config, split="train")
+    documents = tuple(row[field] for row in split if row[field].strip())
+    return Corpus(name, documents)
+
+
+PACKAGED = {"wiki": _wiki, "news": _news}
+
+
+def load_corpus(name_or_path: str) -> Corpus:
+    """A packaged corpus name, a hub dataset name, or a path to a .txt/.jsonl file."""
+    if name_or_path in PACKAGED:
+        return PACKAGED[name_or_path]()
+    if name_or_path in HUB_DATASETS:
+        return _hub(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.suffix in {".txt", ".jsonl"} or path.exists():
+        return _local(path)
+    known = ", ".join([*PACKAGED, *HUB_DATASETS])
+    raise InvalidInput(f"unknown dataset {name_or_path!r}: use {known}, or a .txt/.jsonl file")
+
+
+def make_windows(
+    tokenizer: Any,
+    corpus: Corpus,
+    *,
+    seq_len: int,
+    max_train: int | None = None,
+    max_validation: int | None = None,
+) -> TokenWindows:
+    """Tokenize each split and cut it into windows; fail clearly when a split is shorter than one window."""
+    if seq_len < 2:
+        raise InvalidInput("seq_len must be at least 2 (one context token and one scored token)")
+    train_docs, validation_docs = corpus.split()
+    if not validation_docs:
+        validation_docs, train_docs = train_docs[-1:], train_docs[:-1]
+    train = _windows(tokenizer, train_docs, seq_len, max_train, f"{corpus.name} train")
+    validation = _windows(tokenizer, validation_docs, seq_len, max_validation, f"{corpus.name} validation")
+    return TokenWindows(train=train, validation=validation, seq_len=seq_len, corpus=corpus.name)
+
+
+def _windows(tokenizer: Any, documents: list[str], seq_len: int, limit: int | None, label: str) -> torch.Tensor:
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids: list[int] = []
+    for doc in documents:
+        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        ids.extend(separator)
+        if limit is not None and len(ids) >= limit * seq_len:
+            break
+    count = len(ids) // seq_len
+    if count == 0:
+        raise InvalidInput(f"{label} has {len(ids)} tokens, fewer than one window of {seq_len}")
+    if limit is not None:
+        count = min(count, limit)
+    return torch.tensor(ids[: count * seq_len], dtype=torch.long).view(count, seq_len)

@@ -1,0 +1,112 @@
+"""Load causal LMs (hub id, local folder or GGUF file), pick devices, and fingerprint their embedding space."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctpreg.registry.fingerprint import embedding_fingerprint
+
+from .catalog import ModelSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer, the source it came from and its embedding-space fingerprint."""
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    fingerprint: str
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    @property
+    def architecture(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs; fp32 on CPU, where the weights are small and exact evaluation matters more than speed."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def model_fingerprint(tokenizer: Any, model: nn.Module) -> str:
+    """DESIGN §3: the tokenizer's vocabulary, vocab size and hidden size; never the weights or their dtype."""
+    weight = model.get_input_embeddings().weight
+    return embedding_fingerprint(tokenizer.get_vocab(), vocab_size=int(weight.shape[0]), hidden_size=int(weight.shape[1]))
+
+
+def load_model(source: ModelSource, *, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a frozen causal LM in eval mode; large models on a GPU are spread with ``device_map="auto"``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = resolve_device(device)
+    dtype = dtype or default_dtype(target)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if target.type == "cuda":
+        kwargs["device_map"] = "auto"
+    log.info("loading %s", source.describe())
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
+    model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    if target.type != "cuda":
+        model.to(target)
+    return wrap_loaded(model, tokenizer, source)
+
+
+def wrap_loaded(model: nn.Module, tokenizer: Any, source: ModelSource) -> LoadedModel:
+    freeze(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=model_fingerprint(tokenizer, model))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients for any weight: only the prompt ever trains."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def export_checkpoint(loaded: LoadedModel, folder: Path) -> Path:
+    """Save as a normal HF checkpoint (safetensors + tokenizer); GPTQModel and llmcompressor want a folder."""
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".partial")
+    loaded.model.save_pretrained(tmp, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linear layers inside the transformer blocks (what compression touches; never embeddings or LM head)."""
+    head = model.get_output_embeddings()
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module is not head and ".layers." in f".{name}":
+            layers[name] = module
+    return layers
