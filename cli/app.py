@@ -6,7 +6,7 @@ import typer
 
 from ctpreg.registry.settings import Settings
 
-from .commands import admin, prompts, resolve
+from .commands import admin, prompts, resolve, train
 from .state import CliState
 
 app = typer.Typer(
@@ -34,6 +34,9 @@ app.command()(prompts.fetch)
 app.command()(resolve.resolve)
 app.command()(prompts.deprecate)
 app.command()(admin.gc)
+app.command()(train.compress)
+app.command()(train.train)
+app.command("eval")(train.evaluate)
 app.add_typer(prompts.alias_app, name="alias")
 app.add_typer(admin.models_app, name="models")
 app.add_typer(admin.db_app, name="db")

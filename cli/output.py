@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -34,3 +36,32 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
 
 def percent(value: float | None) -> str:
     return "" if value is None else f"{value:.0%}"
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Route library chatter (GPTQModel, llmcompressor banners) to stderr so --json stdout stays parseable."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, not to the stream that existed when logging was set up."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+def show_logs() -> None:
+    """ctpreg's own progress messages, one line each on stderr."""
+    logger = logging.getLogger("ctpreg")
+    if not logger.handlers:
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

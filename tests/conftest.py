@@ -19,6 +19,7 @@ from ctpreg.registry.db.migrate import upgrade
 from ctpreg.registry.service import Registry
 from ctpreg.registry.stores.local import LocalStore
 
+os.environ.setdefault("CTPREG_PROGRESS", "0")
 PG_ADMIN_URL = os.environ.get("CTPREG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -1,12 +1,14 @@
 """Text corpora → token windows, split into train and validation by document.
 
 Sources:
-- ``wiki``: 206 Wikipedia pages shipped in the gensim wheel (markup stripped with gensim's ``filter_wiki``);
+- ``wiki``: 206 Wikipedia pages shipped in the gensim wheel (markup stripped with gensim's ``filter_wiki``, then
+  only prose lines kept: headings, table cells and list fragments are dropped);
 - ``news``: the Lee corpus of 300 ABC news articles, also in the gensim wheel;
 - a local ``.txt`` (documents separated by blank lines) or ``.jsonl`` (one ``{"text": ...}`` per line) file;
 - ``wikitext2``, ``c4``, ``ptb`` through ``datasets`` (for users with a hub; nothing is fetched for the others).
 Every 10th document goes to validation, so both splits span the corpus and no document straddles them. Each
-split's documents are joined with the EOS token and cut into non-overlapping windows of ``seq_len`` tokens.
+split's documents are joined with the EOS token and cut into non-overlapping windows of ``seq_len`` tokens. A capped
+validation set takes evenly spaced windows, so a few long documents cannot dominate it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ HUB_DATASETS = {
     "c4": ("allenai/c4", "en", "text"),
 }
 MIN_WIKI_CHARS = 500
+MIN_PROSE_WORDS = 8  # shorter wiki lines are headings, table cells and list items, not running text
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def _wiki() -> Corpus:
             if text.lstrip().lower().startswith("#redirect"):
                 continue
             text = filter_wiki(text).replace("'''", "").replace("''", "")  # bold/italic quotes survive filter_wiki
-            clean = "\n".join(line.strip() for line in text.splitlines() if line.strip())
+            clean = "\n".join(line.strip() for line in text.splitlines() if len(line.split()) >= MIN_PROSE_WORDS)
             if len(clean) >= MIN_WIKI_CHARS:
                 documents.append(clean)
     return Corpus("wiki", tuple(documents))
@@ -159,8 +162,20 @@ def make_windows(
     if not validation_docs:
         validation_docs, train_docs = train_docs[-1:], train_docs[:-1]
     train = _windows(tokenizer, train_docs, seq_len, max_train, f"{corpus.name} train")
-    validation = _windows(tokenizer, validation_docs, seq_len, max_validation, f"{corpus.name} validation")
+    validation = _spread(_windows(tokenizer, validation_docs, seq_len, None, f"{corpus.name} validation"), max_validation)
     return TokenWindows(train=train, validation=validation, seq_len=seq_len, corpus=corpus.name)
+
+
+def _spread(windows: torch.Tensor, limit: int | None) -> torch.Tensor:
+    if limit is None or windows.shape[0] <= limit:
+        return windows
+    index = torch.linspace(0, windows.shape[0] - 1, limit).round().long()
+    return windows[index]
+
+
+def all_windows(tokenizer: Any, corpus: Corpus, *, seq_len: int, limit: int | None = None) -> torch.Tensor:
+    """Every document, unsplit (for evaluating on a user's own text file)."""
+    return _windows(tokenizer, list(corpus.documents), seq_len, limit, corpus.name)
 
 
 def _windows(tokenizer: Any, documents: list[str], seq_len: int, limit: int | None, label: str) -> torch.Tensor:

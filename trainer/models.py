@@ -74,6 +74,10 @@ def load_model(source: ModelSource, *, device: str = "auto", dtype: torch.dtype 
     log.info("loading %s", source.describe())
     tokenizer = AutoTokenizer.from_pretrained(source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
     model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
+        # transformers dequantizes GGUF into plain Linear layers but keeps the GGUF quantizer tag, which makes
+        # save_pretrained refuse; the weights are ordinary tensors, so drop the tag.
+        model.hf_quantizer.remove_quantization_config(model)
     if target.type != "cuda":
         model.to(target)
     return wrap_loaded(model, tokenizer, source)

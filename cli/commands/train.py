@@ -1,0 +1,186 @@
+"""Trainer commands: ``ctpreg compress``, ``ctpreg train``, ``ctpreg eval``. They parse, call the trainer, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ctpreg.registry.compression import build_spec
+
+from ..options import BitsOption, GroupSizeOption, JsonFlag, SparsityOption
+from ..output import emit_json, info, show_logs, stdout_to_stderr, table
+from ..state import state
+from .trainer_options import (
+    CalibrationOption, CalibrationWindowsOption, DeviceOption, MethodArg, ModelArg, ModelPathOption, NmOption,
+)
+
+
+def _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows):  # type: ignore[no-untyped-def]
+    from ctpreg.trainer.compress import CompressConfig
+
+    spec = build_spec(method, bits=bits, group_size=group_size, sparsity=sparsity, nm=nm)
+    return CompressConfig(spec=spec, calibration=calibration, calibration_windows=calibration_windows)
+
+
+def _trainer():  # type: ignore[no-untyped-def]
+    from ctpreg.trainer.deps import require
+
+    require()
+    from ctpreg.trainer import pipeline
+
+    return pipeline
+
+
+def compress(
+    ctx: typer.Context,
+    model: ModelArg,
+    method: MethodArg,
+    bits: BitsOption = None,
+    group_size: GroupSizeOption = None,
+    sparsity: SparsityOption = None,
+    nm: NmOption = None,
+    calibration: CalibrationOption = "wiki",
+    calibration_windows: CalibrationWindowsOption = 32,
+    model_path: ModelPathOption = None,
+    device: DeviceOption = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Compress a model and cache the result (keyed by model, spec and calibration data) for train and eval."""
+    config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
+    show_logs()
+    with stdout_to_stderr():
+        pipeline = _trainer()
+        loaded = pipeline.load_base(model, model_path=model_path, device=device)
+        compressed = pipeline.compress_loaded(loaded, config, state(ctx).settings.home)
+    report = {
+        "model": model, "compression": config.spec.canonical, "severity_bits": config.spec.severity,
+        "seconds": round(compressed.seconds, 1), "from_cache": compressed.from_cache,
+    }
+    if as_json:
+        emit_json(report)
+    else:
+        info(f"{model} {config.spec.canonical}: {'cached' if compressed.from_cache else 'compressed'} in {compressed.seconds:.1f}s")
+
+
+def train(
+    ctx: typer.Context,
+    model: ModelArg,
+    method: MethodArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the prompt artifact (.safetensors).")],
+    bits: BitsOption = None,
+    group_size: GroupSizeOption = None,
+    sparsity: SparsityOption = None,
+    nm: NmOption = None,
+    dataset: Annotated[str, typer.Option(help="Training corpus: wiki, news, wikitext2, c4, ptb or a .txt/.jsonl file.")] = "wiki",
+    num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens in the prompt.")] = 20,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 100,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine decay).")] = 3e-2,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per training/validation window.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per step (per process under a launcher).")] = 4,
+    eval_every: Annotated[int, typer.Option(min=1, help="Validate every K steps; the best prompt is kept.")] = 25,
+    eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows for the reported perplexities.")] = 40,
+    seed: Annotated[int, typer.Option(help="Prompt init and batch order.")] = 0,
+    calibration: CalibrationOption = "wiki",
+    calibration_windows: CalibrationWindowsOption = 32,
+    model_path: ModelPathOption = None,
+    device: DeviceOption = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt if present.")] = False,
+    publish: Annotated[bool, typer.Option("--publish", help="Publish the artifact to the registry.")] = False,
+    name: Annotated[str | None, typer.Option(help="Prompt name when publishing.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compress a model, learn a soft prompt on it (model frozen) and write the artifact with honest metrics.
+
+    Example: ctpreg train --model smollm2-135m --method gptq --bits 3 --dataset wiki --steps 100 -o p.safetensors
+    """
+    compress_config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
+    show_logs()
+    with stdout_to_stderr():
+        pipeline = _trainer()
+        from ctpreg.trainer.distributed import init_from_env, is_main
+        from ctpreg.trainer.train import TrainConfig
+
+        train_config = TrainConfig(
+            num_tokens=num_tokens, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed
+        )
+        data_config = pipeline.DataConfig(dataset=dataset, seq_len=seq_len, eval_windows=eval_windows)
+        corpus = pipeline.load_corpus(dataset)  # fail on a bad dataset before loading any model
+        init_from_env()
+        loaded = pipeline.load_base(model, model_path=model_path, device=device)
+        trained = pipeline.train_prompt_artifact(
+            loaded, compress_config, data_config, train_config, corpus=corpus, out=out,
+            home=state(ctx).settings.home, resume=resume,
+        )
+        if not is_main():
+            return
+        published = None
+        if publish:
+            published = pipeline.register_and_publish(state(ctx).registry, loaded, out, name=name)
+    metrics = trained.metadata.metrics
+    report = {
+        "artifact": str(out), "sha256": trained.sha256, **{k: metrics[k] for k in ("ppl_full", "ppl_compressed", "ppl_prompted", "gap_recovered", "eval_tokens")},
+        "step_seconds": trained.result.step_seconds, "tokens_per_second": trained.result.tokens_per_second,
+        "best_step": trained.result.best_step, "published": published.prompt.ref if published else None,
+    }
+    if as_json:
+        emit_json(report)
+        return
+    table(
+        f"{model} {compress_config.spec.canonical} + {num_tokens}-token prompt ({dataset} validation, {metrics['eval_tokens']} tokens)",
+        ["ppl full", "ppl compressed", "ppl prompted", "gap recovered", "s/step", "tokens/s"],
+        [(f"{metrics['ppl_full']:.2f}", f"{metrics['ppl_compressed']:.2f}", f"{metrics['ppl_prompted']:.2f}",
+          f"{metrics['gap_recovered']:.0%}" if metrics["gap_recovered"] is not None else "n/a",
+          f"{trained.result.step_seconds:.2f}", f"{trained.result.tokens_per_second:.0f}")],
+    )
+    info(f"wrote {out} (sha256 {trained.sha256[:12]})" + (f"; published {published.prompt.ref}" if published else ""))
+
+
+def evaluate(
+    ctx: typer.Context,
+    model: ModelArg,
+    method: MethodArg,
+    bits: BitsOption = None,
+    group_size: GroupSizeOption = None,
+    sparsity: SparsityOption = None,
+    nm: NmOption = None,
+    prompt: Annotated[str | None, typer.Option(help="A prompt artifact path or a registry REF.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Evaluate on this corpus' validation split.")] = None,
+    text_file: Annotated[Path | None, typer.Option("--text-file", help="Evaluate on every window of this file.")] = None,
+    max_windows: Annotated[int, typer.Option("--max-windows", min=1, help="At most this many windows.")] = 40,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
+    tasks: Annotated[Path | None, typer.Option(help="JSONL multiple-choice tasks: question, choices, answer.")] = None,
+    calibration: CalibrationOption = "wiki",
+    calibration_windows: CalibrationWindowsOption = 32,
+    model_path: ModelPathOption = None,
+    device: DeviceOption = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Perplexity of the full, compressed and prompted model on the same windows (scored tokens only)."""
+    compress_config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
+    show_logs()
+    with stdout_to_stderr():
+        pipeline = _trainer()
+        loaded = pipeline.load_base(model, model_path=model_path, device=device)
+        prompt_tensor = pipeline.load_prompt_for(loaded, prompt, state(ctx).client) if prompt else None
+        windows = pipeline.eval_windows_for(loaded, dataset=dataset, text_file=text_file, seq_len=seq_len, max_windows=max_windows)
+        task_items = pipeline.load_tasks(tasks) if tasks else None
+        base_accuracy = pipeline.task_accuracy(loaded.model, loaded.tokenizer, task_items) if task_items else None
+        report, compressed = pipeline.evaluate_conditions(loaded, compress_config, windows, home=state(ctx).settings.home, prompt=prompt_tensor)
+        if task_items:
+            report["accuracy_full"] = base_accuracy
+            report["accuracy_compressed"] = pipeline.task_accuracy(compressed.model, loaded.tokenizer, task_items)
+            if prompt_tensor is not None:
+                report["accuracy_prompted"] = pipeline.task_accuracy(compressed.model, loaded.tokenizer, task_items, prompt=prompt_tensor)
+    report["model"] = model
+    if as_json:
+        emit_json(report)
+        return
+    keys = [k for k in ("ppl_full", "ppl_compressed", "ppl_prompted", "gap_recovered", "tokens",
+                        "accuracy_full", "accuracy_compressed", "accuracy_prompted") if k in report]
+    table(f"{model} {report['compression']}", keys, [[_fmt(report[k]) for k in keys]])
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,166 @@
+"""Soft-prompt mechanics on tiny random Llamas: scored tokens, gradients, training, data windows."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctpreg.registry.errors import InvalidInput
+from ctpreg.trainer.data import load_corpus, make_windows
+from ctpreg.trainer.evaluate import perplexity
+from ctpreg.trainer.prompt import init_from_vocabulary, mean_nll, token_nll
+from ctpreg.trainer.train import TrainConfig, get_batch, get_lr, train_prompt
+from tiny import text_file, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama()
+
+
+def test_prompt_positions_are_never_scored(tiny) -> None:
+    model = tiny.model
+    ids = torch.randint(3, tiny.vocab_size, (2, 12))
+    prompt = torch.randn(5, tiny.hidden_size)
+    ours = token_nll(model, ids, prompt)
+    assert ours.shape == (2, 11)
+    embeds = torch.cat([prompt.expand(2, -1, -1), model.get_input_embeddings()(ids)], dim=1)
+    logits = model(inputs_embeds=embeds).logits  # reference: HF computes every position
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, 5:-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+    ).view(2, 11)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+    plain = model(input_ids=ids).logits
+    reference_plain = torch.nn.functional.cross_entropy(
+        plain[:, :-1].reshape(-1, plain.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+    ).view(2, 11)
+    torch.testing.assert_close(token_nll(model, ids), reference_plain, rtol=1e-4, atol=1e-4)
+
+
+def test_uniform_model_has_perplexity_equal_to_vocab_size_with_or_without_prompt() -> None:
+    tiny = tiny_llama(seed=1)
+    torch.nn.init.zeros_(tiny.model.lm_head.weight)  # every next-token distribution is uniform: NLL = log V
+    windows = torch.randint(3, tiny.vocab_size, (3, 16))
+    for prompt in (None, torch.randn(7, tiny.hidden_size)):
+        result = perplexity(tiny.model, windows, prompt=prompt, batch_size=2)
+        assert result.tokens == 3 * 15, "only tokens 2..L of each window are scored, never prompt positions"
+        assert result.ppl == pytest.approx(tiny.vocab_size, rel=1e-5)
+        assert result.nll == pytest.approx(45 * math.log(tiny.vocab_size), rel=1e-5)
+
+
+def test_frozen_model_gets_no_gradients_and_no_lm_head_work_for_prompt(tiny) -> None:
+    calls = []
+    handle = tiny.model.lm_head.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    prompt = torch.nn.Parameter(init_from_vocabulary(tiny.model, 6))
+    mean_nll(tiny.model, torch.randint(3, tiny.vocab_size, (2, 10)), prompt).backward()
+    handle.remove()
+    assert calls == [torch.Size([2, 9, tiny.hidden_size])], "LM head must see only the 9 scoring positions"
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in tiny.model.parameters())
+
+
+def test_init_from_vocabulary_copies_embeddings(tiny) -> None:
+    prompt = init_from_vocabulary(tiny.model, 4, seed=3)
+    table = tiny.model.get_input_embeddings().weight
+    assert all(any(torch.equal(row, t) for t in table) for row in prompt)
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    config = TrainConfig(steps=100, warmup_steps=10, lr=0.01, min_lr_ratio=0.1)
+    assert get_lr(0, config) == pytest.approx(0.001)
+    assert get_lr(9, config) == pytest.approx(0.01)
+    assert get_lr(99, config) < get_lr(50, config) < get_lr(10, config)
+    assert get_lr(100, config) == pytest.approx(0.001)
+
+
+def test_batches_cover_every_window_each_epoch() -> None:
+    windows = torch.arange(10).view(10, 1)
+    config = TrainConfig(batch_size=5, seed=1)
+    seen = torch.cat([get_batch(windows, step, config) for step in range(2)]).flatten().tolist()
+    assert sorted(seen) == list(range(10))
+
+
+def test_training_lowers_validation_perplexity(tmp_path: Path) -> None:
+    tiny = tiny_llama(seed=2)
+    windows = make_windows(tiny.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=32)
+    config = TrainConfig(num_tokens=4, steps=40, lr=0.05, warmup_steps=2, eval_every=20, autocast_bf16=False)
+    result = train_prompt(tiny.model, windows, config)
+    assert result.best_val_ppl < 0.95 * result.initial_val_ppl
+    assert [h["step"] for h in result.history] == [0, 20, 40]
+
+
+def test_resume_continues_to_the_same_prompt(tmp_path: Path) -> None:
+    tiny = tiny_llama(seed=2)
+    windows = make_windows(tiny.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=32)
+    full = TrainConfig(num_tokens=4, steps=20, lr=0.05, warmup_steps=2, eval_every=10, autocast_bf16=False)
+    straight = train_prompt(tiny.model, windows, full, checkpoint=tmp_path / "a.ckpt")
+    ckpt = tmp_path / "b.ckpt"
+    train_prompt(tiny.model, windows, TrainConfig(**{**full.to_dict(), "steps": 20}), checkpoint=ckpt)
+    # Simulate an interruption at step 10 by training a separate run that stops there, then resuming.
+    partial = tmp_path / "c.ckpt"
+    interrupted = TrainConfig(**full.to_dict())
+    import ctpreg.trainer.train as train_module
+
+    original = train_module.get_lr
+    calls = {"n": 0}
+
+    def stop_at_ten(step, config):
+        if step == 10 and calls["n"] == 0:
+            calls["n"] = 1
+            raise KeyboardInterrupt
+        return original(step, config)
+
+    train_module.get_lr = stop_at_ten
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_prompt(tiny.model, windows, interrupted, checkpoint=partial)
+    finally:
+        train_module.get_lr = original
+    resumed = train_prompt(tiny.model, windows, interrupted, checkpoint=partial, resume=True)
+    torch.testing.assert_close(resumed.prompt, straight.prompt, rtol=1e-5, atol=1e-6)
+    assert resumed.best_val_ppl == pytest.approx(straight.best_val_ppl, rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_from_another_config(tmp_path: Path) -> None:
+    tiny = tiny_llama(seed=2)
+    windows = make_windows(tiny.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=32)
+    config = TrainConfig(num_tokens=4, steps=2, eval_every=1, autocast_bf16=False)
+    train_prompt(tiny.model, windows, config, checkpoint=tmp_path / "x.ckpt")
+    other = TrainConfig(num_tokens=4, steps=2, eval_every=1, lr=0.02, autocast_bf16=False)
+    with pytest.raises(InvalidInput, match="another config"):
+        train_prompt(tiny.model, windows, other, checkpoint=tmp_path / "x.ckpt", resume=True)
+
+
+def test_windows_split_by_document_and_fail_on_short_text(tmp_path: Path) -> None:
+    tiny = tiny_llama()
+    corpus = load_corpus(str(text_file(tmp_path, documents=30)))
+    train_docs, validation_docs = corpus.split()
+    assert len(validation_docs) == 3 and not set(train_docs) & set(validation_docs)
+    windows = make_windows(tiny.tokenizer, corpus, seq_len=32)
+    assert windows.train.shape[1] == windows.validation.shape[1] == 32
+    assert len(windows.data_hash) == 64
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words\n\nand another")
+    with pytest.raises(InvalidInput, match="fewer than one window of 256"):
+        make_windows(tiny.tokenizer, load_corpus(str(short)), seq_len=256)
+    with pytest.raises(InvalidInput, match="does not exist"):
+        load_corpus(str(tmp_path / "missing.txt"))
+    with pytest.raises(InvalidInput, match="unknown dataset"):
+        load_corpus("imaginary-corpus")
+
+
+def test_jsonl_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "first document"}\n\n{"text": "second"}\n')
+    assert load_corpus(str(path)).documents == ("first document", "second")
+    path.write_text('{"body": "x"}\n')
+    with pytest.raises(InvalidInput, match="'text' field"):
+        load_corpus(str(path))
+
+
+def test_config_checks() -> None:
+    with pytest.raises(InvalidInput, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(InvalidInput, match="lr"):
+        TrainConfig(lr=2.0)
