@@ -6,7 +6,7 @@ import typer
 
 from ctpreg.registry.settings import Settings
 
-from .commands import admin, prompts, resolve, train
+from .commands import admin, demo, peft, prompts, resolve, train
 from .state import CliState
 
 app = typer.Typer(
@@ -37,6 +37,9 @@ app.command()(admin.gc)
 app.command()(train.compress)
 app.command()(train.train)
 app.command("eval")(train.evaluate)
+app.command()(demo.demo)
+app.command()(peft.export)
+app.command("import")(peft.import_)
 app.add_typer(prompts.alias_app, name="alias")
 app.add_typer(admin.models_app, name="models")
 app.add_typer(admin.db_app, name="db")

@@ -57,6 +57,18 @@ class ResolvedPrompt:
         tensor = torch.from_numpy(self.artifact.embeddings.copy())
         return tensor.to(dtype=dtype or tensor.dtype, device=device or "cpu")
 
+    def apply(self, model: Any, tokenizer: Any = None) -> Any:
+        """Wrap a loaded HF causal LM so ``forward`` and ``generate`` prepend this prompt.
+
+        With ``tokenizer`` the model's full embedding-space fingerprint must equal the prompt's; without one, only
+        the hidden size can be checked.
+        """
+        from .prompted import PromptedModel, check_fits
+
+        embeddings = self.tensor()
+        check_fits(model, embeddings, self.metadata.model_fingerprint, tokenizer)
+        return PromptedModel(model, embeddings)
+
 
 class Client:
     def __init__(self, settings: Settings, *, registry: Registry | None = None) -> None:

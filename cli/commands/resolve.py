@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ctpreg.registry.matcher import Target
+from ctpreg.registry.resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K
 from ctpreg.registry.resolver import resolve as resolve_target
 
 from ..options import BitsOption, DatasetOption, GroupSizeOption, JsonFlag, MethodOption, SparsityOption
-from ..output import emit_json, info, percent, table
+from ..output import emit_json, info, percent, show_logs, stdout_to_stderr, table
 from ..state import state
 
 
@@ -23,16 +25,38 @@ def resolve(
     group_size: GroupSizeOption = None,
     dataset: DatasetOption = None,
     task: Annotated[str | None, typer.Option(help="Prefer prompts learned for this task.")] = None,
+    validate: Annotated[bool, typer.Option("--validate", help="Measure the top candidates on the target before serving.")] = False,
+    validation_data: Annotated[str, typer.Option("--validation-data", help="Corpus whose validation split is measured.")] = "news",
+    text_file: Annotated[Path | None, typer.Option("--text-file", help="Measure on this text file instead.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates to measure.")] = DEFAULT_TOP_K,
+    min_gain: Annotated[float, typer.Option("--min-gain", help="Serve only a prompt that lowers perplexity by this fraction.")] = DEFAULT_MIN_GAIN,
+    revalidate: Annotated[bool, typer.Option("--revalidate", help="Measure again even if evidence exists.")] = False,
+    max_windows: Annotated[int, typer.Option("--max-windows", min=1, help="Validation windows.")] = 20,
+    calibration: Annotated[str, typer.Option(help="Calibration corpus for compressing the target.")] = "wiki",
+    calibration_windows: Annotated[int, typer.Option(min=1, help="Calibration windows for the target.")] = 32,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per validation window.")] = 256,
+    model_path: Annotated[str | None, typer.Option("--model-path", help="Local folder, .gguf file or hub id of the target.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N] for validation.")] = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Find the best prompt for a compressed model. Exit 3 if no prompt shares its embedding space.
+    """Find the best prompt for a compressed model. Exit 3 if no prompt shares its embedding space, 4 if
+    --validate finds that none helps.
 
     Example: ctpreg resolve --model llama-7b --bits 3
     """
     target = Target(
         model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size, dataset=dataset, task=task
     )
-    resolution = resolve_target(state(ctx).registry, target)
+    validator = None
+    if validate:
+        validator = _validator(
+            ctx, dataset=validation_data, text_file=text_file, seq_len=seq_len, max_windows=max_windows,
+            calibration=calibration, calibration_windows=calibration_windows, model_path=model_path, device=device,
+        )
+    with stdout_to_stderr():
+        resolution = resolve_target(
+            state(ctx).registry, target, validator=validator, top_k=top_k, min_gain=min_gain, revalidate=revalidate
+        )
     if as_json:
         emit_json([c.to_dict() for c in resolution.candidates])
         return
@@ -45,3 +69,13 @@ def resolve(
         ],
     )
     info(f"serve: [bold]{resolution.served.prompt.ref}[/bold] (sha256 {resolution.served.prompt.sha256[:12]})")
+
+
+def _validator(ctx: typer.Context, **options: object):  # type: ignore[no-untyped-def]
+    from ctpreg.trainer.deps import require
+
+    require()
+    show_logs()
+    from ctpreg.trainer.validate import TargetValidator, ValidationConfig
+
+    return TargetValidator(ValidationConfig(**options), home=state(ctx).settings.home)  # type: ignore[arg-type]

@@ -1,0 +1,65 @@
+"""``ctpreg demo``: compress, train, publish, then validated transfer to other compressions, in one command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..options import JsonFlag
+from ..output import emit_json, info, show_logs, stdout_to_stderr, table
+from ..state import state
+
+
+def demo(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model slug.")] = "smollm2-135m",
+    model_path: Annotated[str | None, typer.Option("--model-path", help="Local folder, .gguf file or hub id.")] = None,
+    train_compression: Annotated[str, typer.Option("--train", help="Compression the prompt is trained on.")] = "gptq-w3-g128",
+    targets: Annotated[str, typer.Option(help="Comma-separated transfer targets.")] = "gptq-w4-g128,gptq-w2-g128,sparsegpt-s50",
+    dataset: Annotated[str, typer.Option(help="Training and validation corpus.")] = "wiki",
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 100,
+    num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens.")] = 20,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
+    eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows for every measurement.")] = 20,
+    calibration_windows: Annotated[int, typer.Option(min=1, help="Calibration windows for GPTQ/SparseGPT.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the main job end to end on the embedded defaults (SQLite + local objects + packaged SmolLM2-135M).
+
+    Compress to GPTQ 3-bit, learn a prompt on wiki, publish it, then resolve it with validation for GPTQ 4-bit,
+    GPTQ 2-bit and SparseGPT 50% (transfer). A second run reuses the compressed models, the prompt and the evidence.
+    """
+    from ctpreg.trainer.deps import require
+
+    require()
+    show_logs()
+    from ctpreg.trainer.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        model=model, model_path=model_path, train_compression=train_compression,
+        targets=tuple(t.strip() for t in targets.split(",") if t.strip()), dataset=dataset, steps=steps,
+        num_tokens=num_tokens, seq_len=seq_len, eval_windows=eval_windows, calibration_windows=calibration_windows,
+        device=device,
+    )
+    with stdout_to_stderr():
+        report = run_demo(config, state(ctx).registry, state(ctx).settings.home)
+    if as_json:
+        emit_json({"rows": [r.to_dict() for r in report.rows], "total_seconds": report.total_seconds,
+                   "step_seconds": report.step_seconds, "reused_prompt": report.reused_prompt})
+        return
+    full_note = " (full = GGUF Q4_1 dequantized)" if model == "smollm2-135m" and not model_path else ""
+    table(
+        f"{model}: prompt trained on {train_compression}/{dataset}, {eval_windows} validation windows of {seq_len} tokens{full_note}",
+        ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered", "served prompt", "how", "seconds"],
+        [
+            (r.target, f"{r.ppl_full:.2f}", f"{r.ppl_compressed:.2f}",
+             f"{r.ppl_prompted:.2f}" if r.ppl_prompted is not None else "",
+             f"{r.gap_recovered:.0%}" if r.gap_recovered is not None else "n/a", r.served or "none", r.note,
+             f"{r.seconds:.0f}")
+            for r in report.rows
+        ],
+    )
+    info(f"demo finished in {report.total_seconds:.0f}s ({report.step_seconds:.2f}s per training step)"
+         + ("; reused the trained prompt" if report.reused_prompt else ""))

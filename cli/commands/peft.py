@@ -1,0 +1,58 @@
+"""``ctpreg export --peft DIR`` and ``ctpreg import --peft DIR``: PEFT prompt-tuning adapters in and out."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ctpreg.registry.artifacts import parse_artifact, write_artifact
+from ctpreg.registry.compression import build_spec
+from ctpreg.registry.errors import NotFound
+from ctpreg.registry.peft_format import export_peft, import_peft
+
+from ..options import BitsOption, GroupSizeOption, JsonFlag, RefArgument, SparsityOption
+from ..output import emit_json, info
+from ..state import state
+
+PeftDir = Annotated[Path, typer.Option("--peft", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors).")]
+
+
+def export(ctx: typer.Context, ref: RefArgument, peft: PeftDir) -> None:
+    """Write a registry prompt as a PEFT prompt-tuning adapter that PeftModel.from_pretrained loads."""
+    prompt = state(ctx).client.fetch(ref)
+    model = state(ctx).registry.get_model(prompt.record.model)
+    base = (model.source if model and model.source else None) or prompt.record.model
+    export_peft(parse_artifact(prompt.data, source=prompt.record.ref), peft, base_model_name_or_path=base)
+    info(f"exported {prompt.record.ref} to {peft}")
+
+
+def import_(
+    ctx: typer.Context,
+    peft: PeftDir,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered base model the adapter was trained on.")],
+    method: Annotated[str, typer.Option(help="Compression the prompt was learned on (none if uncompressed).")],
+    dataset: Annotated[str, typer.Option(help="Dataset the prompt was learned on.")],
+    bits: BitsOption = None,
+    group_size: GroupSizeOption = None,
+    sparsity: SparsityOption = None,
+    name: Annotated[str | None, typer.Option(help="Prompt name; default <model>/<compression>/<dataset>.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish a PEFT prompt-tuning adapter as a ctpreg prompt (the model must be registered)."""
+    spec = build_spec(method, bits=bits, group_size=group_size, sparsity=sparsity)
+    registry = state(ctx).registry
+    record = registry.get_model(model)
+    if record is None:
+        raise NotFound(f"model {model!r} is not registered: ctpreg models add {model} --fingerprint ... first")
+    embeddings, metadata = import_peft(peft, model=record, compression=spec, dataset=dataset)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "imported.safetensors"
+        write_artifact(path, embeddings, metadata)
+        result = registry.publish(path, name=name)
+    if as_json:
+        emit_json({"name": result.prompt.name, "version": result.prompt.version, "sha256": result.prompt.sha256})
+    else:
+        info(f"imported {peft} as {result.prompt.ref}")

@@ -1,0 +1,69 @@
+"""Validated resolve through the CLI and the demo pipeline, on a tiny random Llama in a local folder."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ctpreg.cli.main import main
+from tiny import text_file, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-model")
+    loaded = tiny_llama()
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_json(capsys, *args: str):
+    code = main([*args, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def evidence_rows(home: Path) -> int:
+    with sqlite3.connect(home / "registry.db") as conn:
+        return conn.execute("SELECT count(*) FROM transfer_result").fetchone()[0]
+
+
+def test_validate_records_evidence_and_the_second_resolve_reuses_it(model_dir, tmp_path, capsys, cli_env) -> None:
+    home = Path(cli_env["CTPREG_HOME"])
+    corpus = str(text_file(tmp_path))
+    common = ["--model-path", str(model_dir), "--calibration", corpus, "--calibration-windows", "4", "--device", "cpu"]
+    run_json(capsys, "train", "--model", "tiny-llama", "--method", "gptq", "--bits", "4", "--group-size", "32",
+             "--dataset", corpus, "-o", str(tmp_path / "p.safetensors"), "--publish", "--seq-len", "32", "--steps", "4",
+             "--eval-every", "2", "--eval-windows", "4", "--num-tokens", "3", *common)
+    resolve = ["resolve", "--model", "tiny-llama", "--method", "gptq", "--bits", "2", "--group-size", "32", "--validate",
+               "--text-file", corpus, "--seq-len", "32", "--max-windows", "4", "--min-gain", "-1", *common]
+    first = run_json(capsys, *resolve)
+    assert first[0]["tier"] == 1 and first[0]["ppl_without"] > 1 and first[0]["ppl_with"] > 1
+    assert evidence_rows(home) == 1
+    second = run_json(capsys, *resolve)
+    assert evidence_rows(home) == 1, "evidence must be reused, not re-measured"
+    assert second[0]["ppl_with"] == first[0]["ppl_with"]
+    code = main([*resolve[:-len(common)], "--revalidate", "--min-gain", "5", *common])
+    assert code == 4, "a required 500% gain is never met: exit code 4"
+    assert "no compatible prompt improves" in capsys.readouterr().err
+    assert evidence_rows(home) == 2
+
+
+def test_demo_runs_end_to_end_and_reuses_its_work(model_dir, tmp_path, capsys, cli_env) -> None:
+    corpus = str(text_file(tmp_path))
+    args = ["demo", "--model", "tiny-llama", "--model-path", str(model_dir), "--dataset", corpus, "--train",
+            "gptq-w4-g32", "--targets", "gptq-w2-g32,sparsegpt-s50", "--steps", "4", "--seq-len", "32",
+            "--eval-windows", "4", "--calibration-windows", "4", "--num-tokens", "3", "--device", "cpu"]
+    first = run_json(capsys, *args)
+    assert [r["target"] for r in first["rows"]] == ["gptq-w4-g32", "gptq-w2-g32", "sparsegpt-s50"]
+    assert first["rows"][0]["served"] == "tiny-llama/gptq-w4-g32/corpus:1"
+    for row in first["rows"]:
+        assert row["ppl_full"] > 1 and row["ppl_compressed"] > 1 and row["ppl_prompted"] > 1
+    assert not first["reused_prompt"]
+    second = run_json(capsys, *args)
+    assert second["reused_prompt"]
+    assert [r["ppl_prompted"] for r in second["rows"]] == [r["ppl_prompted"] for r in first["rows"]]
+    assert all(r["note"] != "validated, served" for r in second["rows"][1:])

@@ -1,0 +1,164 @@
+"""``ctpreg demo``: the whole idea on one machine, end to end, on the embedded defaults.
+
+Compress the packaged SmolLM2-135M to GPTQ 3-bit, learn a prompt on ``wiki``, publish it, then resolve it with
+validation for other compressed targets (GPTQ 4-bit and 2-bit, SparseGPT 50%): the prompt was never trained on
+those, so served prompts there are transfers, measured before being served. Re-running reuses the compressed models
+(disk cache), the trained prompt (same config → same artifact) and the recorded evidence.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctpreg.registry.artifacts import gap_recovered, read_artifact
+from ctpreg.registry.compression import parse_compression
+from ctpreg.registry.errors import InvalidArtifact, InvalidInput, NoHelpfulPrompt
+from ctpreg.registry.matcher import Target
+from ctpreg.registry.resolver import resolve
+from ctpreg.registry.service import Registry
+
+from .compress import CompressConfig
+from .pipeline import DataConfig, load_base, load_corpus, register_and_publish, train_prompt_artifact
+from .train import TrainConfig
+from .validate import TargetValidator, ValidationConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    model: str = "smollm2-135m"
+    model_path: str | None = None
+    train_compression: str = "gptq-w3-g128"
+    targets: tuple[str, ...] = ("gptq-w4-g128", "gptq-w2-g128", "sparsegpt-s50")
+    dataset: str = "wiki"
+    seq_len: int = 256
+    num_tokens: int = 20
+    steps: int = 100
+    lr: float = 3e-2
+    batch_size: int = 4
+    eval_every: int = 25
+    eval_windows: int = 20
+    calibration_windows: int = 32
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for text in (self.train_compression, *self.targets):
+            parse_compression(text)
+        if not self.targets:
+            raise InvalidInput("the demo needs at least one transfer target")
+
+
+@dataclass
+class DemoRow:
+    target: str
+    ppl_full: float
+    ppl_compressed: float
+    ppl_prompted: float | None
+    gap_recovered: float | None
+    served: str | None
+    note: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class DemoReport:
+    config: DemoConfig
+    rows: list[DemoRow] = field(default_factory=list)
+    train_seconds: float = 0.0
+    step_seconds: float = float("nan")
+    reused_prompt: bool = False
+    total_seconds: float = 0.0
+
+
+def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
+    started = time.perf_counter()
+    report = DemoReport(config)
+    log.info(
+        "demo plan: %s, train %s on %s (%d steps, %d-token prompt, %d-token windows, %d eval windows, "
+        "%d calibration windows), transfer to %s", config.model, config.train_compression, config.dataset,
+        config.steps, config.num_tokens, config.seq_len, config.eval_windows, config.calibration_windows,
+        ", ".join(config.targets),
+    )
+    base = load_base(config.model, model_path=config.model_path, device=config.device)
+    artifact_path, reused = _train_or_reuse(config, base, home)
+    report.reused_prompt = reused
+    meta = read_artifact(artifact_path)[0].metadata
+    published = register_and_publish(registry, base, artifact_path).prompt
+    metrics = meta.metrics
+    report.step_seconds = float(meta.training.get("step_seconds", float("nan")))
+    report.train_seconds = time.perf_counter() - started
+    report.rows.append(DemoRow(
+        target=config.train_compression, ppl_full=metrics["ppl_full"], ppl_compressed=metrics["ppl_compressed"],
+        ppl_prompted=metrics["ppl_prompted"], gap_recovered=metrics.get("gap_recovered"), served=published.ref,
+        note="trained here", seconds=report.train_seconds,
+    ))
+    validator = TargetValidator(
+        ValidationConfig(dataset=config.dataset, seq_len=config.seq_len, max_windows=config.eval_windows,
+                         calibration=config.dataset, calibration_windows=config.calibration_windows,
+                         model_path=config.model_path, device=config.device),
+        home=home, base=base,
+    )
+    for text in config.targets:
+        report.rows.append(_transfer_row(registry, validator, config.model, text))
+    report.total_seconds = time.perf_counter() - started
+    return report
+
+
+def _train_or_reuse(config: DemoConfig, base: Any, home: Path) -> tuple[Path, bool]:
+    spec = parse_compression(config.train_compression)
+    train_config = TrainConfig(
+        num_tokens=config.num_tokens, steps=config.steps, lr=config.lr, batch_size=config.batch_size,
+        eval_every=config.eval_every,
+    )
+    path = home / "demo" / f"{config.model}-{spec.canonical}-{config.dataset}-{train_config.digest}.safetensors"
+    if path.is_file():
+        try:
+            read_artifact(path)
+            log.info("reusing the trained prompt %s", path)
+            return path, True
+        except InvalidArtifact:
+            path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train_prompt_artifact(
+        copy.deepcopy(base),
+        CompressConfig(spec, calibration=config.dataset, calibration_windows=config.calibration_windows),
+        DataConfig(dataset=config.dataset, seq_len=config.seq_len, eval_windows=config.eval_windows),
+        train_config, corpus=load_corpus(config.dataset), out=path, home=home, resume=True,
+    )
+    return path, False
+
+
+def _transfer_row(registry: Registry, validator: TargetValidator, model: str, text: str) -> DemoRow:
+    started = time.perf_counter()
+    spec = parse_compression(text)
+    target = Target(
+        model=model, method=spec.method, bits=spec.bits if spec.family == "quantization" else None,
+        sparsity=spec.sparsity, group_size=spec.group_size,
+    )
+    full = validator.full_perplexity(model)
+    calls = validator.calls
+    try:
+        served = resolve(registry, target, validator=validator).served
+        note = "validated, served" if validator.calls > calls else "served from recorded evidence"
+    except NoHelpfulPrompt:
+        served, note = None, "no prompt helps: none served"
+    best = served or next(c for c in registry.candidates(target) if c.measurement is not None)
+    measured = best.measurement
+    assert measured is not None
+    values = {"ppl_full": full, "ppl_compressed": measured.ppl_without, "ppl_prompted": measured.ppl_with}
+    return DemoRow(
+        target=spec.canonical, ppl_full=full, ppl_compressed=measured.ppl_without,
+        ppl_prompted=measured.ppl_with, gap_recovered=gap_recovered(values),
+        served=served.prompt.ref if served else None, note=note, seconds=time.perf_counter() - started,
+    )
+
+
