@@ -129,3 +129,4 @@ class Evidence:
     measurement: Measurement
     accepted: bool
     measured_at: datetime
+    prompt_ref: str = ""

@@ -17,7 +17,7 @@ from .db import crud
 from .db.engine import Database
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt
 from .matcher import Candidate, Target, rank
-from .records import BaseModelRecord, Measurement, PromptRecord
+from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .refs import LATEST, check_alias, check_name, parse_ref
 from .settings import Settings
 from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
@@ -200,6 +200,11 @@ class Registry:
         if not prompts:
             raise NoCompatiblePrompt(f"no prompt shares the embedding space of {target.model!r}")
         return rank(target, prompts, evidence)
+
+    def evidence(self, model: str) -> list[Evidence]:
+        """Every measurement recorded on targets of ``model``, oldest first."""
+        with self.db.session() as session:
+            return crud.evidence_for(session, target_model=model)
 
     def record_evidence(self, target: Target, prompt: PromptRecord, measurement: Measurement, *, accepted: bool) -> None:
         spec = target.spec

@@ -296,10 +296,11 @@ def add_evidence(
 
 def evidence_for(session: Session, *, target_model: str, target_compression: str | None = None) -> list[Evidence]:
     stmt = (
-        select(TransferResultRow, BaseModelRow.name)
+        select(TransferResultRow, BaseModelRow.name, PromptRow.name, PromptRow.version)
         .join(BaseModelRow, TransferResultRow.target_model_id == BaseModelRow.id)
+        .join(PromptRow, TransferResultRow.prompt_id == PromptRow.id)
         .where(BaseModelRow.name == target_model)
-        .order_by(TransferResultRow.measured_at)
+        .order_by(TransferResultRow.measured_at, TransferResultRow.id)
     )
     if target_compression is not None:
         stmt = stmt.where(TransferResultRow.target_compression == target_compression)
@@ -307,9 +308,9 @@ def evidence_for(session: Session, *, target_model: str, target_compression: str
         Evidence(
             prompt_id=row.prompt_id, target_model=name, target_compression=row.target_compression,
             measurement=Measurement(row.ppl_without, row.ppl_with, row.eval_dataset, row.eval_tokens),
-            accepted=row.accepted, measured_at=row.measured_at,
+            accepted=row.accepted, measured_at=row.measured_at, prompt_ref=f"{prompt_name}:{version}",
         )
-        for row, name in session.execute(stmt)
+        for row, name, prompt_name, version in session.execute(stmt)
     ]
 
 
