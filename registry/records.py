@@ -19,6 +19,7 @@ class BaseModelRecord:
     architecture: str | None = None
     source: str | None = None
     created_at: datetime | None = None
+    id: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .artifacts import PromptArtifact, PromptMetadata, parse_artifact, read_artifact
+from .artifacts import PromptArtifact, PromptMetadata, gap_recovered, parse_artifact, read_artifact
 from .db import crud
 from .db.engine import Database
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt
@@ -24,6 +24,7 @@ from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
 
 log = logging.getLogger(__name__)
 DEFAULT_GC_GRACE_SECONDS = 3600
+DEFAULT_CANDIDATES = 20
 
 
 def default_prompt_name(metadata: PromptMetadata) -> str:
@@ -74,7 +75,8 @@ class Registry:
             name=name, compression=spec.canonical, method=spec.method, bits=spec.bits, sparsity=spec.sparsity,
             group_size=spec.group_size, dataset=meta.dataset, task=meta.task,
             num_virtual_tokens=meta.num_virtual_tokens, hidden_size=meta.hidden_size, dtype=artifact.dtype,
-            sha256=sha, size_bytes=len(data), object_key=key, metrics=meta.metrics, training=meta.training,
+            sha256=sha, size_bytes=len(data), object_key=key, metrics=meta.metrics, recovery=gap_recovered(meta.metrics),
+            training=meta.training,
             created_at=datetime.now(UTC), created_by=self.user, deprecated=False,
         )
         with self.db.session(write=True) as session:
@@ -185,21 +187,31 @@ class Registry:
 
     # --- matching ------------------------------------------------------------------------------------------------
 
-    def candidates(self, target: Target) -> list[Candidate]:
-        """Every compatible, non-deprecated prompt for ``target``, ranked; ``NoCompatiblePrompt`` if none."""
+    def candidates(self, target: Target, *, limit: int = DEFAULT_CANDIDATES) -> list[Candidate]:
+        """The best ``limit`` compatible, non-deprecated prompts for ``target``, ranked; ``NoCompatiblePrompt`` if none.
+
+        The database returns the head of the metadata order; prompts with evidence on this target join it, and the
+        matcher ranks the union, which is exactly the head of the full ranking.
+        """
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
         with self.db.session() as session:
             base = crud.get_base_model(session, name=target.model)
-            if base is None:
+            if base is None or base.id is None:
                 raise NoCompatiblePrompt(f"model {target.model!r} is not registered, so no prompt is known to fit it")
-            prompts = crud.compatible_prompts(session, fingerprint=base.fingerprint)
             spec = target.spec
             evidence = (
                 crud.evidence_for(session, target_model=target.model, target_compression=spec.canonical)
                 if spec is not None else []
             )
+            measured = {e.prompt_id for e in evidence}
+            prompts = crud.top_prompts(
+                session, target=target, model_id=base.id, fingerprint=base.fingerprint, limit=limit + len(measured)
+            )
+            prompts += crud.prompts_by_id(session, ids=measured - {p.id for p in prompts})
         if not prompts:
             raise NoCompatiblePrompt(f"no prompt shares the embedding space of {target.model!r}")
-        return rank(target, prompts, evidence)
+        return rank(target, prompts, evidence)[:limit]
 
     def evidence(self, model: str) -> list[Evidence]:
         """Every measurement recorded on targets of ``model``, oldest first."""

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import save
 
 from ctpreg.cli.main import main
+from ctpreg.registry.db.engine import SCHEMA_REVISION
 from helpers import FP_B, artifact_bytes, metadata, write_artifact_file
 
 
@@ -147,7 +148,7 @@ def test_schema_behind_names_the_upgrade_command(tmp_path, capsys, monkeypatch) 
     code, _, err = cli(capsys, "list")
     assert code == 10 and "ctpreg db upgrade" in err
     assert cli(capsys, "db", "upgrade")[0] == 0
-    assert cli_json(capsys, "db", "current")["current"] == "0001_initial"
+    assert cli_json(capsys, "db", "current")["current"] == SCHEMA_REVISION
     assert cli(capsys, "list")[0] == 0
 
 

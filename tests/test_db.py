@@ -64,3 +64,27 @@ def test_embedded_sqlite_upgrades_itself_on_first_use(tmp_path: Path) -> None:
         assert session.execute(text("SELECT count(*) FROM prompt")).scalar() == 0
     assert db.current_revision() == SCHEMA_REVISION
     db.dispose()
+
+
+def test_upgrade_to_0002_fills_recovery_from_metrics(empty_db_url: str) -> None:
+    db = Database(empty_db_url)
+    upgrade(db.engine, "0001_initial")
+    now = "2026-11-29 00:00:00+00:00"
+    with db.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO base_model (name, fingerprint, hidden_size, created_at) VALUES ('m', 'sha256:x', 8, :now)"
+        ), {"now": now})
+        for i, metrics in enumerate(['{"ppl_full": 20, "ppl_compressed": 40, "ppl_prompted": 25}', "{}"]):
+            conn.execute(text(
+                "INSERT INTO prompt (name, version, base_model_id, compression, method, bits, dataset, num_virtual_tokens,"
+                " hidden_size, dtype, sha256, size_bytes, object_key, metrics, training, created_at, created_by, deprecated)"
+                " VALUES ('p', :v, 1, 'gptq-w3-g128', 'gptq', 3, 'wiki', 4, 8, 'float32', :sha, 1, 'k', :metrics, '{}',"
+                " :now, 't', false)"
+            ), {"v": i + 1, "sha": f"{i:064x}", "metrics": metrics, "now": now})
+    upgrade(db.engine)
+    with db.engine.connect() as conn:
+        values = conn.execute(text("SELECT recovery FROM prompt ORDER BY version")).scalars().all()
+    assert values[0] == pytest.approx(0.75) and values[1] is None
+    downgrade(db.engine, "0001_initial")
+    upgrade(db.engine)
+    db.dispose()

@@ -94,10 +94,13 @@ def train_prompt_artifact(
     full = perplexity(loaded.model, windows.validation, label="eval full")
     compressed = compress_loaded(loaded, compress_config, home)
     before = perplexity(compressed.model, windows.validation, label=f"eval {spec.canonical}")
+    log.info("validation perplexity: full %.2f, %s %.2f (%s in %.0fs)", full.ppl, spec.canonical, before.ppl,
+             "cached" if compressed.from_cache else "compressed", compressed.seconds)
     result = train_prompt(
         compressed.model, windows, train_config, checkpoint=out.with_name(out.name + ".ckpt"), resume=resume
     )
     after = perplexity(compressed.model, windows.validation, prompt=result.prompt, label="eval prompted")
+    log.info("with the prompt (best of step %d): %.2f", result.best_step, after.ppl)
     metrics = {
         "ppl_full": full.ppl, "ppl_compressed": before.ppl, "ppl_prompted": after.ppl,
         "eval_dataset": f"{windows.corpus}/validation", "eval_tokens": after.tokens,

@@ -19,7 +19,9 @@ from sqlmodel import Session
 
 from ..errors import Conflict, DatabaseError, NotFound
 from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
+from ..matcher import Target
 from ..refs import LATEST, PromptRef
+from . import ranking
 from .models import AliasRow, BaseModelRow, PromptRow, TransferResultRow, utcnow
 
 MAX_VERSION_ATTEMPTS = 200
@@ -40,7 +42,7 @@ def _insert(session: Session, table):  # type: ignore[no-untyped-def]
 
 def _to_base_record(row: BaseModelRow) -> BaseModelRecord:
     return BaseModelRecord(
-        name=row.name, fingerprint=row.fingerprint, hidden_size=row.hidden_size, vocab_size=row.vocab_size,
+        id=row.id, name=row.name, fingerprint=row.fingerprint, hidden_size=row.hidden_size, vocab_size=row.vocab_size,
         architecture=row.architecture, source=row.source, created_at=row.created_at,
     )
 
@@ -238,6 +240,21 @@ def list_prompts(
 def compatible_prompts(session: Session, *, fingerprint: str) -> list[PromptRecord]:
     """Non-deprecated prompts of every base model in this fingerprint class (the matcher's candidates)."""
     stmt = _record_query().where(BaseModelRow.fingerprint == fingerprint, PromptRow.deprecated.is_(False))
+    return _records(session, stmt, with_aliases=False)
+
+
+def top_prompts(session: Session, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]:
+    """The first ``limit`` candidates in the matcher's metadata order, read without scanning the whole class."""
+    found = _records(session, ranking.own_exact_statement(target, model_id, limit), with_aliases=False)
+    if len(found) < limit:
+        found = _records(session, ranking.class_statement(target, model_id, fingerprint, limit), with_aliases=False)
+    return found
+
+
+def prompts_by_id(session: Session, *, ids: set[int]) -> list[PromptRecord]:
+    if not ids:
+        return []
+    stmt = _record_query().where(PromptRow.id.in_(sorted(ids)), PromptRow.deprecated.is_(False))
     return _records(session, stmt, with_aliases=False)
 
 

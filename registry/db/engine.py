@@ -20,7 +20,7 @@ from sqlmodel import Session
 from ..errors import CtpregError, DatabaseError, InvalidInput, SchemaOutOfDate
 
 #: The Alembic revision this code expects; a test checks it equals the migrations' head.
-SCHEMA_REVISION = "0001_initial"
+SCHEMA_REVISION = "0002_prompt_recovery"
 _WRITE = "ctpreg_write"
 
 

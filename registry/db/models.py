@@ -39,7 +39,7 @@ class PromptRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_prompt_name_version"),
         UniqueConstraint("name", "sha256", name="uq_prompt_name_sha256"),
-        Index("ix_prompt_model_method_bits", "base_model_id", "method", "bits"),
+        Index("ix_prompt_model_method_bits_rank", "base_model_id", "method", "bits", "deprecated"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -60,6 +60,7 @@ class PromptRow(SQLModel, table=True):
     size_bytes: int
     object_key: str = Field(max_length=256)
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    recovery: float | None = None  # gap recovered per ``metrics``, kept as a column so resolve ranks in SQL
     training: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _timestamp()
     created_by: str = Field(max_length=128)

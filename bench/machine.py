@@ -1,0 +1,39 @@
+"""The machine line every benchmark prints first: cores, Python, torch and database versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _postgres() -> str:
+    try:
+        out = subprocess.run(["psql", "--version"], capture_output=True, text=True, timeout=10).stdout.split()
+        return out[-1] if out else "absent"
+    except (OSError, subprocess.SubprocessError):
+        return "absent"
+
+
+def describe() -> str:
+    import sqlite3
+
+    return (
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+        f"torch {_version('torch')}, transformers {_version('transformers')}, peft {_version('peft')}, "
+        f"SQLite {sqlite3.sqlite_version}, PostgreSQL {_postgres()}, SQLAlchemy {_version('sqlalchemy')}"
+    )
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
