@@ -18,7 +18,7 @@ def _version(package: str) -> str:
 def _postgres() -> str:
     try:
         out = subprocess.run(["psql", "--version"], capture_output=True, text=True, timeout=10).stdout.split()
-        return out[-1] if out else "absent"
+        return out[2] if len(out) > 2 else "absent"
     except (OSError, subprocess.SubprocessError):
         return "absent"
 

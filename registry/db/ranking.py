@@ -51,10 +51,18 @@ def exact_condition(target: Target) -> ColumnElement:
     return and_(*clauses)
 
 
-def _miss(column: ColumnElement, wanted: str | None) -> ColumnElement:
-    if not wanted:
-        return literal(0)
-    return case((and_(column.is_not(None), column == wanted), 0), else_=1)
+def _misses(target: Target) -> list[ColumnElement]:
+    """Dataset/task mismatch flags (only for what the target asks; constants would read as column numbers)."""
+    terms = []
+    if target.dataset:
+        terms.append(case((PromptRow.dataset == target.dataset, 0), else_=1))
+    if target.task:
+        terms.append(case((and_(PromptRow.task.is_not(None), PromptRow.task == target.task), 0), else_=1))
+    return terms
+
+
+def _by_recovery() -> list[ColumnElement]:
+    return [case((PromptRow.recovery.is_(None), 1), else_=0), PromptRow.recovery.desc(), PromptRow.version.desc(), PromptRow.name]
 
 
 def _order(target: Target, model_id: int) -> list[ColumnElement]:
@@ -62,42 +70,31 @@ def _order(target: Target, model_id: int) -> list[ColumnElement]:
     family = target.family
     same_family = _family() == family if family is not None else false()
     tier = case((exact, EXACT), (same_family, SAME_FAMILY), else_=OTHER_FAMILY)
+    terms = [tier, case((PromptRow.base_model_id == model_id, 0), else_=1), *_misses(target)]
     wanted = target.severity
-    if wanted is None:
-        direction, distance = literal(0), literal(0.0)
-    else:
-        direction = case((and_(tier == SAME_FAMILY, _severity() > wanted), 1), else_=0)
-        distance = case((tier == EXACT, 0.0), else_=func.abs(_severity() - wanted))
-    return [
-        tier,
-        case((PromptRow.base_model_id == model_id, 0), else_=1),
-        _miss(PromptRow.dataset, target.dataset),
-        _miss(PromptRow.task, target.task),
-        direction,
-        distance,
-        case((PromptRow.recovery.is_(None), 1), else_=0),
-        PromptRow.recovery.desc(),
-        PromptRow.version.desc(),
-        PromptRow.name,
-    ]
+    if wanted is not None:
+        terms.append(case((and_(tier == SAME_FAMILY, _severity() > wanted), 1), else_=0))
+        terms.append(case((tier == EXACT, 0.0), else_=func.abs(_severity() - wanted)))
+    return terms + _by_recovery()
 
 
-def _ranked(target: Target, model_id: int, where: ColumnElement, limit: int) -> Select:
+def _ranked(where: ColumnElement, order: list[ColumnElement], limit: int) -> Select:
     return (
         select(PromptRow, BaseModelRow)
         .join(BaseModelRow, PromptRow.base_model_id == BaseModelRow.id)
         .where(where, PromptRow.deprecated.is_(False))
-        .order_by(*_order(target, model_id))
+        .order_by(*order)
         .limit(limit)
     )
 
 
 def own_exact_statement(target: Target, model_id: int, limit: int) -> Select:
     """The target model's own exact matches, best first (tier 2, same model: the head of the ranking)."""
-    return _ranked(target, model_id, and_(PromptRow.base_model_id == model_id, exact_condition(target)), limit)
+    where = and_(PromptRow.base_model_id == model_id, exact_condition(target))
+    return _ranked(where, [*_misses(target), *_by_recovery()], limit)
 
 
 def class_statement(target: Target, model_id: int, fingerprint: str, limit: int) -> Select:
     """The whole fingerprint class in ranking order."""
     class_ids = select(BaseModelRow.id).where(BaseModelRow.fingerprint == fingerprint)
-    return _ranked(target, model_id, PromptRow.base_model_id.in_(class_ids), limit)
+    return _ranked(PromptRow.base_model_id.in_(class_ids), _order(target, model_id), limit)
