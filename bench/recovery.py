@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, markdown_table  # noqa: E402
 
-from ctpreg.registry.artifacts import gap_recovered, read_artifact  # noqa: E402
+from ctpreg.registry.artifacts import read_artifact  # noqa: E402
+from ctpreg.registry.recovery import gap_recovered  # noqa: E402
 from ctpreg.registry.compression import parse_compression  # noqa: E402
 from ctpreg.registry.settings import Settings  # noqa: E402
 from ctpreg.trainer.compress import CompressConfig  # noqa: E402

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, markdown_table  # noqa: E402
 
-from ctpreg.registry.artifacts import gap_recovered  # noqa: E402
+from ctpreg.registry.recovery import gap_recovered  # noqa: E402
 from ctpreg.registry.compression import parse_compression  # noqa: E402
 from ctpreg.registry.db.engine import Database  # noqa: E402
 from ctpreg.registry.db.migrate import upgrade  # noqa: E402

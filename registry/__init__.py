@@ -1,22 +1,33 @@
 """ctpreg's registry: prompt artifacts, metadata DB, object stores, matcher and the load-time client.
 
-Torch-free at import time, so inference fleets and CI jobs can resolve and fetch prompts cheaply.
+Torch-free, and names are loaded on first use (PEP 562), so ``ctpreg resolve`` and inference fleets import only what
+they touch.
 """
 
-from .artifacts import PromptArtifact, PromptMetadata, parse_artifact, read_artifact, write_artifact
-from .client import Client, ResolvedPrompt
-from .compression import CompressionSpec, build_spec, parse_compression
-from .errors import CtpregError
-from .fingerprint import embedding_fingerprint
-from .matcher import Candidate, Target
-from .records import BaseModelRecord, Measurement, PromptRecord
-from .resolver import Resolution, Validator, resolve
-from .service import PublishResult, Registry
-from .settings import Settings
+from __future__ import annotations
 
-__all__ = [
-    "BaseModelRecord", "Candidate", "Client", "CompressionSpec", "CtpregError", "Measurement", "PromptArtifact",
-    "PromptMetadata", "PromptRecord", "PublishResult", "Registry", "Resolution", "ResolvedPrompt", "Settings",
-    "Target", "Validator", "build_spec", "embedding_fingerprint", "parse_artifact", "parse_compression",
-    "read_artifact", "resolve", "write_artifact",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "PromptArtifact": "artifacts", "PromptMetadata": "artifacts", "parse_artifact": "artifacts",
+    "read_artifact": "artifacts", "write_artifact": "artifacts",
+    "Client": "client", "ResolvedPrompt": "client",
+    "CompressionSpec": "compression", "build_spec": "compression", "parse_compression": "compression",
+    "CtpregError": "errors",
+    "embedding_fingerprint": "fingerprint",
+    "Candidate": "matcher", "Target": "matcher",
+    "BaseModelRecord": "records", "Measurement": "records", "PromptRecord": "records",
+    "Resolution": "resolver", "Validator": "resolver", "resolve": "resolver",
+    "PublishResult": "service", "Registry": "service",
+    "Settings": "settings",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

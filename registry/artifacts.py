@@ -8,10 +8,7 @@ numpy loader only, never pickle, so this module stays torch-free; every check fa
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +21,9 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from .compression import CompressionSpec, parse_compression
+from .digest import sha256_hex
 from .errors import InvalidArtifact, InvalidInput
+from .refs import check_fingerprint, check_model_name
 
 FORMAT = "ctpreg-prompt/1"
 TENSOR_NAME = "prompt_embeddings"
@@ -34,24 +33,6 @@ REQUIRED_KEYS = (
 )
 SUPPORTED_DTYPES = {"float32": np.float32, "float16": np.float16}
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
-_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def check_model_name(name: str) -> str:
-    if not _MODEL_RE.match(name):
-        raise InvalidInput(f"invalid model name {name!r}: letters, digits and '._+-', starting with a letter or digit")
-    return name
-
-
-def check_fingerprint(fingerprint: str) -> str:
-    if not _FINGERPRINT_RE.match(fingerprint):
-        raise InvalidInput(f"invalid fingerprint {fingerprint!r}: expected 'sha256:' and 64 lowercase hex digits")
-    return fingerprint
 
 
 @dataclass(frozen=True)
@@ -236,15 +217,3 @@ def _check_embeddings(array: np.ndarray, metadata: PromptMetadata) -> None:
         raise InvalidArtifact(f"{TENSOR_NAME} shape {list(array.shape)} disagrees with metadata {list(expected)}")
     if not np.isfinite(array).all():
         raise InvalidArtifact(f"{TENSOR_NAME} contains NaN or Inf values")
-
-
-def gap_recovered(metrics: Mapping[str, Any]) -> float | None:
-    """Fraction of the compression gap the prompt wins back: (compressed - prompted) / (compressed - full)."""
-    try:
-        full, compressed, prompted = (float(metrics[k]) for k in ("ppl_full", "ppl_compressed", "ppl_prompted"))
-    except (KeyError, TypeError, ValueError):
-        return None
-    gap = compressed - full
-    if not all(math.isfinite(x) for x in (full, compressed, prompted)) or gap <= 0:
-        return None
-    return (compressed - prompted) / gap

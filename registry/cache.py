@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .artifacts import sha256_hex
+from .digest import sha256_hex
 from .errors import StoreError
 
 

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .artifacts import PromptArtifact, PromptMetadata, parse_artifact
 from .cache import PromptCache
 from .errors import IntegrityError, OfflineMiss
 from .matcher import Target
@@ -27,6 +26,9 @@ from .refs import parse_ref
 from .resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K, Validator, resolve
 from .service import Registry
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .artifacts import PromptArtifact, PromptMetadata
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class ResolvedPrompt:
 
     @cached_property
     def artifact(self) -> PromptArtifact:
+        from .artifacts import parse_artifact
+
         return parse_artifact(self.data, source=self.record.ref)
 
     @property

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .artifacts import gap_recovered
+from .recovery import gap_recovered
 from .compression import CompressionSpec, parse_compression
 
 

@@ -16,6 +16,8 @@ _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
 _NAME_RE = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,7}}$")
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{8,64}$")
+_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 LATEST = "latest"
 
 
@@ -26,6 +28,18 @@ def check_name(name: str) -> str:
             "each starting with a letter or digit (e.g. smollm2-135m/gptq-w3-g128/wiki)"
         )
     return name
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_RE.match(name):
+        raise InvalidInput(f"invalid model name {name!r}: letters, digits and '._+-', starting with a letter or digit")
+    return name
+
+
+def check_fingerprint(fingerprint: str) -> str:
+    if not _FINGERPRINT_RE.match(fingerprint):
+        raise InvalidInput(f"invalid fingerprint {fingerprint!r}: expected 'sha256:' and 64 lowercase hex digits")
+    return fingerprint
 
 
 def check_alias(alias: str) -> str:

@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .artifacts import PromptArtifact, parse_artifact
 from .errors import InvalidInput, NoHelpfulPrompt
 from .matcher import MEASURED, REJECTED, Candidate, Target
 from .records import Measurement
 from .service import Registry
 
+if TYPE_CHECKING:
+    from .artifacts import PromptArtifact
+
 log = logging.getLogger(__name__)
 
 #: ``validate(artifact, target) -> Measurement``: perplexity of the target without and with the prompt.
-Validator = Callable[[PromptArtifact, Target], Measurement]
+Validator = Callable[["PromptArtifact", Target], Measurement]
 DEFAULT_TOP_K = 3
 DEFAULT_MIN_GAIN = 0.01
 
@@ -58,6 +61,8 @@ def resolve(
         return Resolution(target=target, served=_first_servable(target, ranked), candidates=ranked)
     if target.spec is None:
         raise InvalidInput("--validate needs a fully specified target: --method and its level (bits or sparsity)")
+    from .artifacts import parse_artifact
+
     to_measure = [c for c in ranked if revalidate or c.tier != REJECTED][:top_k]
     measured = []
     for candidate in to_measure:

@@ -11,16 +11,20 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .artifacts import PromptArtifact, PromptMetadata, gap_recovered, parse_artifact, read_artifact
 from .db import crud
 from .db.engine import Database
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
+from .recovery import gap_recovered
 from .refs import LATEST, check_alias, check_name, parse_ref
 from .settings import Settings
 from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
+
+if TYPE_CHECKING:
+    from .artifacts import PromptArtifact, PromptMetadata
 
 log = logging.getLogger(__name__)
 DEFAULT_GC_GRACE_SECONDS = 3600
@@ -44,6 +48,7 @@ class Registry:
         self.db = db
         self.store = store
         self.user = user
+        self._known_models: dict[str, BaseModelRecord] = {}  # base-model rows never change once written
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
@@ -57,13 +62,18 @@ class Registry:
     # --- publish -------------------------------------------------------------------------------------------------
 
     def publish(self, path: str | Path, *, name: str | None = None, alias: str | None = None) -> PublishResult:
+        from .artifacts import read_artifact  # numpy and safetensors load only when an artifact is read
+
         artifact, data = read_artifact(path)
         return self.publish_bytes(data, artifact=artifact, name=name, alias=alias)
 
     def publish_bytes(
         self, data: bytes, *, artifact: PromptArtifact | None = None, name: str | None = None, alias: str | None = None
     ) -> PublishResult:
-        artifact = artifact or parse_artifact(data)
+        if artifact is None:
+            from .artifacts import parse_artifact
+
+            artifact = parse_artifact(data)
         meta = artifact.metadata
         name = check_name(name or default_prompt_name(meta))
         if alias is not None and check_alias(alias) == LATEST:
@@ -196,9 +206,10 @@ class Registry:
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
         with self.db.session() as session:
-            base = crud.get_base_model(session, name=target.model)
+            base = self._known_models.get(target.model) or crud.get_base_model(session, name=target.model)
             if base is None or base.id is None:
                 raise NoCompatiblePrompt(f"model {target.model!r} is not registered, so no prompt is known to fit it")
+            self._known_models[target.model] = base
             spec = target.spec
             evidence = (
                 crud.evidence_for(session, target_model=target.model, target_compression=spec.canonical)

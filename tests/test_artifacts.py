@@ -8,9 +8,11 @@ import pytest
 from safetensors.numpy import save
 
 from ctpreg.registry.artifacts import (
-    PromptMetadata, gap_recovered, parse_artifact, read_artifact, serialize_artifact, sha256_hex, write_artifact,
+    PromptMetadata, parse_artifact, read_artifact, serialize_artifact, write_artifact,
 )
+from ctpreg.registry.digest import sha256_hex
 from ctpreg.registry.errors import InvalidArtifact, InvalidInput
+from ctpreg.registry.recovery import gap_recovered
 from helpers import artifact_bytes, metadata
 
 

@@ -5,7 +5,7 @@ import multiprocessing
 import pytest
 from sqlalchemy import create_engine, text
 
-from ctpreg.registry.artifacts import sha256_hex
+from ctpreg.registry.digest import sha256_hex
 from helpers import open_registry, publish_worker
 
 WORKERS, EACH = 8, 25

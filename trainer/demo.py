@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctpreg.registry.artifacts import gap_recovered, read_artifact
+from ctpreg.registry.artifacts import read_artifact
+from ctpreg.registry.recovery import gap_recovered
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.errors import InvalidArtifact, InvalidInput, NoHelpfulPrompt
 from ctpreg.registry.matcher import Target

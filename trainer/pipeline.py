@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from ctpreg.registry.artifacts import PromptMetadata, gap_recovered, read_artifact, write_artifact
+from ctpreg.registry.artifacts import PromptMetadata, read_artifact, write_artifact
+from ctpreg.registry.recovery import gap_recovered
 from ctpreg.registry.errors import Conflict, InvalidInput
 from ctpreg.registry.records import BaseModelRecord
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ctpreg.registry.artifacts import check_fingerprint, check_model_name
+from ctpreg.registry.refs import check_fingerprint, check_model_name
 from ctpreg.registry.db.engine import SCHEMA_REVISION, Database, safe_url
 from ctpreg.registry.records import BaseModelRecord
 from ctpreg.registry.service import DEFAULT_GC_GRACE_SECONDS

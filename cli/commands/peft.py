@@ -8,10 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ctpreg.registry.artifacts import parse_artifact, write_artifact
 from ctpreg.registry.compression import build_spec
 from ctpreg.registry.errors import NotFound
-from ctpreg.registry.peft_format import export_peft, import_peft
 
 from ..options import BitsOption, GroupSizeOption, JsonFlag, RefArgument, SparsityOption
 from ..output import emit_json, info
@@ -22,10 +20,12 @@ PeftDir = Annotated[Path, typer.Option("--peft", help="PEFT adapter folder (adap
 
 def export(ctx: typer.Context, ref: RefArgument, peft: PeftDir) -> None:
     """Write a registry prompt as a PEFT prompt-tuning adapter that PeftModel.from_pretrained loads."""
+    from ctpreg.registry.peft_format import export_peft
+
     prompt = state(ctx).client.fetch(ref)
     model = state(ctx).registry.get_model(prompt.record.model)
     base = (model.source if model and model.source else None) or prompt.record.model
-    export_peft(parse_artifact(prompt.data, source=prompt.record.ref), peft, base_model_name_or_path=base)
+    export_peft(prompt.artifact, peft, base_model_name_or_path=base)
     info(f"exported {prompt.record.ref} to {peft}")
 
 
@@ -42,6 +42,9 @@ def import_(
     as_json: JsonFlag = False,
 ) -> None:
     """Publish a PEFT prompt-tuning adapter as a ctpreg prompt (the model must be registered)."""
+    from ctpreg.registry.artifacts import write_artifact
+    from ctpreg.registry.peft_format import import_peft
+
     spec = build_spec(method, bits=bits, group_size=group_size, sparsity=sparsity)
     registry = state(ctx).registry
     record = registry.get_model(model)

@@ -12,8 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -34,9 +33,13 @@ def _insert(session: Session, table):  # type: ignore[no-untyped-def]
     """A dialect-specific INSERT that supports ON CONFLICT (SQLite and PostgreSQL share the syntax)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(table)
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(table)
     if dialect == "sqlite":
-        return sqlite.insert(table)
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert(table)
     raise DatabaseError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
 
 
@@ -47,9 +50,9 @@ def _to_base_record(row: BaseModelRow) -> BaseModelRecord:
     )
 
 
-def _to_record(row: PromptRow, base: BaseModelRow, aliases: Iterable[str] = ()) -> PromptRecord:
+def _to_record(row: Any, aliases: Iterable[str] = ()) -> PromptRecord:
     return PromptRecord(
-        id=row.id or 0, name=row.name, version=row.version, model=base.name, model_fingerprint=base.fingerprint,
+        id=row.id, name=row.name, version=row.version, model=row.model_name, model_fingerprint=row.model_fingerprint,
         compression=row.compression, dataset=row.dataset, task=row.task, num_virtual_tokens=row.num_virtual_tokens,
         hidden_size=row.hidden_size, dtype=row.dtype, sha256=row.sha256, size_bytes=row.size_bytes,
         object_key=row.object_key, metrics=dict(row.metrics or {}), training=dict(row.training or {}),
@@ -103,20 +106,29 @@ def ensure_base_model(
 # --- prompts -----------------------------------------------------------------------------------------------------
 
 
+_RECORD_QUERY = select(
+    *_prompt.c, _base.c.name.label("model_name"), _base.c.fingerprint.label("model_fingerprint")
+).select_from(_prompt.join(_base, _prompt.c.base_model_id == _base.c.id))
+
+
 def _record_query() -> Select:
-    return select(PromptRow, BaseModelRow).join(BaseModelRow, PromptRow.base_model_id == BaseModelRow.id)
+    """Prompt columns plus the base model's name and fingerprint (Core rows: no ORM identity-map work on reads)."""
+    return _RECORD_QUERY
 
 
-def _records(session: Session, stmt: Select, *, with_aliases: bool = True) -> list[PromptRecord]:
-    pairs = session.execute(stmt).all()
+def _records(
+    session: Session, stmt: Select, *, with_aliases: bool = True, params: dict[str, Any] | None = None
+) -> list[PromptRecord]:
+    connection = session.connection()
+    rows = connection.execute(stmt, params or {}).all()
     aliases: dict[int, list[str]] = {}
-    if with_aliases and pairs:
-        ids = [prompt.id for prompt, _ in pairs]
-        for prompt_id, alias in session.execute(
-            select(AliasRow.prompt_id, AliasRow.alias).where(AliasRow.prompt_id.in_(ids))
+    if with_aliases and rows:
+        ids = [row.id for row in rows]
+        for prompt_id, alias in connection.execute(
+            select(_alias.c.prompt_id, _alias.c.alias).where(_alias.c.prompt_id.in_(ids))
         ):
             aliases.setdefault(prompt_id, []).append(alias)
-    return [_to_record(prompt, base, aliases.get(prompt.id, ())) for prompt, base in pairs]
+    return [_to_record(row, aliases.get(row.id, ())) for row in rows]
 
 
 def find_by_content(session: Session, *, name: str, sha256: str) -> PromptRecord | None:
@@ -195,8 +207,8 @@ def get_prompt(session: Session, *, ref: PromptRef) -> PromptRecord:
             _raise_unknown_name(session, ref.name)
             raise NotFound(f"{ref.name} has no version {ref.version}")
         return found[0]
-    stmt = stmt.join(AliasRow, AliasRow.prompt_id == PromptRow.id).where(
-        AliasRow.name == ref.name, AliasRow.alias == ref.alias
+    stmt = stmt.join(_alias, _alias.c.prompt_id == _prompt.c.id).where(
+        _alias.c.name == ref.name, _alias.c.alias == ref.alias
     )
     found = _records(session, stmt)
     if not found:
@@ -245,9 +257,11 @@ def compatible_prompts(session: Session, *, fingerprint: str) -> list[PromptReco
 
 def top_prompts(session: Session, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]:
     """The first ``limit`` candidates in the matcher's metadata order, read without scanning the whole class."""
-    found = _records(session, ranking.own_exact_statement(target, model_id, limit), with_aliases=False)
+    shape, params = ranking.shape_and_params(target, model_id, fingerprint, limit)
+    found = _records(session, ranking.own_exact_statement(_RECORD_QUERY, shape), with_aliases=False, params=params)
     if len(found) < limit:
-        found = _records(session, ranking.class_statement(target, model_id, fingerprint, limit), with_aliases=False)
+        statement = ranking.class_statement(_RECORD_QUERY, shape)
+        found = _records(session, statement, with_aliases=False, params=params)
     return found
 
 
@@ -311,23 +325,29 @@ def add_evidence(
     )
 
 
-def evidence_for(session: Session, *, target_model: str, target_compression: str | None = None) -> list[Evidence]:
-    stmt = (
-        select(TransferResultRow, BaseModelRow.name, PromptRow.name, PromptRow.version)
-        .join(BaseModelRow, TransferResultRow.target_model_id == BaseModelRow.id)
-        .join(PromptRow, TransferResultRow.prompt_id == PromptRow.id)
-        .where(BaseModelRow.name == target_model)
-        .order_by(TransferResultRow.measured_at, TransferResultRow.id)
+_result = TransferResultRow.__table__
+_EVIDENCE_QUERY = (
+    select(_result, _base.c.name.label("target_name"), _prompt.c.name.label("prompt_name"), _prompt.c.version)
+    .select_from(
+        _result.join(_base, _result.c.target_model_id == _base.c.id).join(_prompt, _result.c.prompt_id == _prompt.c.id)
     )
-    if target_compression is not None:
-        stmt = stmt.where(TransferResultRow.target_compression == target_compression)
+    .where(_base.c.name == bindparam("target_model"))
+    .order_by(_result.c.measured_at, _result.c.id)
+)
+_EVIDENCE_FOR_TARGET = _EVIDENCE_QUERY.where(_result.c.target_compression == bindparam("target_compression"))
+
+
+def evidence_for(session: Session, *, target_model: str, target_compression: str | None = None) -> list[Evidence]:
+    """Measurements on ``target_model`` (optionally one compression of it), oldest first."""
+    statement = _EVIDENCE_QUERY if target_compression is None else _EVIDENCE_FOR_TARGET
+    rows = session.connection().execute(
+        statement, {"target_model": target_model, "target_compression": target_compression}
+    )
     return [
         Evidence(
-            prompt_id=row.prompt_id, target_model=name, target_compression=row.target_compression,
+            prompt_id=row.prompt_id, target_model=row.target_name, target_compression=row.target_compression,
             measurement=Measurement(row.ppl_without, row.ppl_with, row.eval_dataset, row.eval_tokens),
-            accepted=row.accepted, measured_at=row.measured_at, prompt_ref=f"{prompt_name}:{version}",
+            accepted=row.accepted, measured_at=row.measured_at, prompt_ref=f"{row.prompt_name}:{row.version}",
         )
-        for row, name, prompt_name, version in session.execute(stmt)
+        for row in rows
     ]
-
-

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..artifacts import sha256_hex
+from ..digest import sha256_hex
 from ..errors import IntegrityError
 
 PROMPT_PREFIX = "prompts/"
