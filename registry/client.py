@@ -125,13 +125,22 @@ class Client:
         return prompt
 
     def fetch(self, ref: str) -> ResolvedPrompt:
+        """The prompt ``ref`` names. ``NAME:VERSION`` and full sha256 refs never change meaning, so once fetched
+        they are answered from the cache without asking the registry; names and aliases always ask."""
         parsed = parse_ref(ref)
         key = {"ref": str(parsed)}
-        if self.settings.offline:
+        immutable = parsed.version is not None or (parsed.sha_prefix is not None and len(parsed.sha_prefix) == 64)
+        if self.settings.offline or immutable:
             remembered = self.cache.get_ref("prompts", key)
-            if remembered is None:
+            if remembered is not None:
+                record = PromptRecord.from_dict(remembered["prompt"])
+                if self.settings.offline:
+                    return self._offline_prompt(record)
+                prompt = self._cached_prompt(record)
+                if prompt is not None:
+                    return prompt
+            elif self.settings.offline:
                 raise OfflineMiss(f"offline and {ref} was never fetched on this machine")
-            return self._offline_prompt(PromptRecord.from_dict(remembered["prompt"]))
         record = self.registry.get(ref)
         prompt = self._download(record)
         self.cache.put_ref("prompts", key, {"prompt": record.to_dict()})
@@ -144,10 +153,16 @@ class Client:
             self.cache.put_blob(record.sha256, data)
         return ResolvedPrompt(record=record, path=self.cache.blob_path(record.sha256), data=data, **extra)
 
-    def _offline_prompt(self, record: PromptRecord, **extra: Any) -> ResolvedPrompt:
+    def _cached_prompt(self, record: PromptRecord, **extra: Any) -> ResolvedPrompt | None:
         data = self.cache.get_blob(record.sha256)
         if data is None:
+            return None
+        return ResolvedPrompt(record=record, path=self.cache.blob_path(record.sha256), data=data, **extra)
+
+    def _offline_prompt(self, record: PromptRecord, **extra: Any) -> ResolvedPrompt:
+        prompt = self._cached_prompt(record, **extra)
+        if prompt is None:
             raise IntegrityError(
                 f"offline and the cached bytes of {record.ref} are missing or corrupt; fetch it again online"
             )
-        return ResolvedPrompt(record=record, path=self.cache.blob_path(record.sha256), data=data, **extra)
+        return prompt

@@ -8,7 +8,7 @@ object because rows are written after their objects.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,20 +90,27 @@ class Registry:
             created_at=datetime.now(UTC), created_by=self.user, deprecated=False,
         )
         with self.db.session(write=True) as session:
-            values["base_model_id"] = crud.ensure_base_model(
-                session, name=meta.model, fingerprint=meta.model_fingerprint, hidden_size=meta.hidden_size
-            )
-            record, created = crud.insert_next_version(session, values=values)
+            model = self._known_models.get(meta.model)
+            if model is None or model.id is None:
+                crud.ensure_base_model(
+                    session, name=meta.model, fingerprint=meta.model_fingerprint, hidden_size=meta.hidden_size
+                )
+                model = crud.get_base_model(session, name=meta.model)
+                assert model is not None and model.id is not None
+            values["base_model_id"] = model.id
+            record, created = crud.insert_next_version(session, values=values, model=model)
             if created:
                 crud.move_latest(session, name=name, prompt_id=record.id)
             if alias:
                 crud.set_alias(session, name=name, alias=alias, prompt_id=record.id)
+            record = replace(record, aliases=crud.aliases_of(session, prompt_id=record.id))
+        self._known_models[meta.model] = model
         log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")
-        return PublishResult(prompt=self.get(record.ref), created=created)
+        return PublishResult(prompt=record, created=created)
 
     def _check_against_registered_model(self, meta: PromptMetadata) -> None:
         """Fail before uploading anything when the artifact contradicts its registered base model."""
-        known = self.get_model(meta.model)
+        known = self._known_models.get(meta.model) or self.get_model(meta.model)
         if known is None:
             return
         if known.fingerprint != meta.model_fingerprint:

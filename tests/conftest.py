@@ -20,6 +20,9 @@ from ctpreg.registry.service import Registry
 from ctpreg.registry.stores.local import LocalStore
 
 os.environ.setdefault("CTPREG_PROGRESS", "0")
+# Fake credentials for moto; set before any test so monkeypatching tests restore them rather than delete them.
+for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ.setdefault(_key, _value)
 PG_ADMIN_URL = os.environ.get("CTPREG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -98,9 +101,6 @@ def moto_endpoint() -> Iterator[str]:
     """moto as a real HTTP server on a loopback port, so boto3 speaks the S3 wire protocol."""
     from moto.server import ThreadedMotoServer
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

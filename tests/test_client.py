@@ -97,3 +97,17 @@ def test_offline_resolves_and_fetches_with_no_socket(registry: Registry, tmp_pat
     _flip_byte(again.path)
     with pytest.raises(IntegrityError, match="fetch it again online"):
         offline.resolve("tiny-llama", method="gptq", bits=3)
+
+
+def test_immutable_refs_are_served_from_cache_without_the_registry(registry: Registry, tmp_path: Path, monkeypatch) -> None:
+    published = registry.publish_bytes(artifact_bytes(seed=3), name="p").prompt
+    client = Client(_settings(tmp_path), registry=registry)
+    client.fetch("p:1")
+    client.fetch(published.sha256)
+    calls = []
+    monkeypatch.setattr(registry, "get", lambda ref: calls.append(ref) or Registry.get(registry, ref))
+    assert client.fetch("p:1").data == artifact_bytes(seed=3)
+    assert client.fetch(published.sha256).data == artifact_bytes(seed=3)
+    assert calls == [], "NAME:VERSION and full sha256 never change meaning: no registry round trip"
+    client.fetch("p")
+    assert calls == ["p"], "a name follows its moving 'latest' alias, so it always asks"

@@ -10,10 +10,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from ..errors import Conflict, DatabaseError, NotFound
@@ -137,29 +137,37 @@ def find_by_content(session: Session, *, name: str, sha256: str) -> PromptRecord
     return found[0] if found else None
 
 
-def insert_next_version(session: Session, *, values: dict[str, Any]) -> tuple[PromptRecord, bool]:
+def insert_next_version(
+    session: Session, *, values: dict[str, Any], model: BaseModelRecord
+) -> tuple[PromptRecord, bool]:
     """Insert a prompt row as the next version of its name; return ``(record, created)``.
 
-    Idempotent on (name, sha256): the same content under the same name returns the existing version.
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a lost race on (name, version) or a duplicate (name, sha256)
+    returns no row instead of aborting the transaction, so no savepoint is needed. Idempotent: the same content
+    under the same name returns the existing version.
     """
     name, sha = values["name"], values["sha256"]
+    next_version = select(func.coalesce(func.max(_prompt.c.version), 0) + 1).where(_prompt.c.name == name).scalar_subquery()
+    statement = (
+        _insert(session, _prompt).values(**values, version=next_version).on_conflict_do_nothing()
+        .returning(_prompt.c.id, _prompt.c.version)
+    )
     for attempt in range(MAX_VERSION_ATTEMPTS):
+        inserted = session.execute(statement).first()
+        if inserted is not None:
+            row = {**values, "id": inserted.id, "version": inserted.version, "model_name": model.name,
+                   "model_fingerprint": model.fingerprint}
+            return _to_record(SimpleNamespace(**row)), True
         existing = find_by_content(session, name=name, sha256=sha)
         if existing is not None:
             return existing, False
-        next_version = (
-            select(func.coalesce(func.max(PromptRow.version), 0) + 1).where(PromptRow.name == name).scalar_subquery()
-        )
-        try:
-            with session.begin_nested():
-                prompt_id = session.execute(
-                    _prompt.insert().values(**values, version=next_version).returning(_prompt.c.id)
-                ).scalar_one()
-        except IntegrityError:
-            time.sleep(random.uniform(0.0, 0.002 * min(attempt + 1, 25)))
-            continue
-        return _records(session, _record_query().where(PromptRow.id == prompt_id), with_aliases=False)[0], True
+        time.sleep(random.uniform(0.0, 0.002 * min(attempt + 1, 25)))
     raise DatabaseError(f"could not assign a version to {name!r} after {MAX_VERSION_ATTEMPTS} attempts")
+
+
+def aliases_of(session: Session, *, prompt_id: int) -> tuple[str, ...]:
+    rows = session.connection().execute(select(_alias.c.alias).where(_alias.c.prompt_id == prompt_id))
+    return tuple(sorted(rows.scalars()))
 
 
 def move_latest(session: Session, *, name: str, prompt_id: int) -> None:

@@ -13,9 +13,11 @@ from contextlib import contextmanager
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import InvalidInput, NotFound, StoreError
-from .base import PROMPT_PREFIX, ObjectInfo, ObjectStore
+from ..digest import sha256_hex
+from .base import PROMPT_PREFIX, ObjectInfo, ObjectStore, object_key
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_ALREADY_THERE = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 
 
 def _is_missing(exc: ClientError) -> bool:
@@ -46,6 +48,20 @@ class S3Store(ObjectStore):
             raise StoreError(f"S3 {action} s3://{self.bucket}/{self.prefix}{key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"S3 {action} s3://{self.bucket}/{self.prefix}{key} failed: {exc}") from exc
+
+    def put_content(self, data: bytes) -> tuple[str, str]:
+        """One conditional PUT (``If-None-Match: *``) instead of HEAD + PUT; an existing object is only touched."""
+        sha = sha256_hex(data)
+        key = object_key(sha)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in _ALREADY_THERE:
+                raise StoreError(f"S3 put s3://{self.bucket}/{self.prefix}{key} failed: {exc}") from exc
+            self.touch(key)
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 put s3://{self.bucket}/{self.prefix}{key} failed: {exc}") from exc
+        return sha, key
 
     def put(self, key: str, data: bytes) -> None:
         with self._translated("put", key):
