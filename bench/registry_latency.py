@@ -96,7 +96,7 @@ def plan(prompts: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
          "created_at": datetime.now(UTC)}
         for i in range(50)
     ]
-    names = [(m, c, d) for m in models for c in COMPRESSIONS for d in DATASETS]
+    names = [(m, c, d) for c in COMPRESSIONS for d in DATASETS for m in models]  # every model early on
     rows, versions = [], {}
     for i in range(prompts):
         model, compression, dataset = names[i % len(names)]
@@ -227,9 +227,13 @@ def main() -> int:
         registry.candidates(targets[0], limit=10)  # connect and check the schema outside the timings
         resolve_times = timed([lambda t=t: registry.candidates(t, limit=10) for t in targets])
         show_times = timed([lambda n=n: registry.get(f"{n}@latest") for n in lookups])
+        fingerprints = {m["name"]: m["fingerprint"] for m in models}
+        complete = args.prompts >= len(models) * len(COMPRESSIONS) * len(DATASETS)
         for target in targets[:50]:
             best = registry.candidates(target, limit=10)[0]
-            if best.prompt.model != target.model or best.tier != 2:
+            if best.prompt.model_fingerprint != fingerprints[target.model]:
+                failures.append(f"resolve {target.describe()} served {best.prompt.ref} from another embedding space")
+            if complete and (best.prompt.model != target.model or best.tier != 2):
                 failures.append(f"resolve {target.describe()} served {best.prompt.ref} (tier {best.tier})")
         for name in lookups[:50]:
             if registry.get(f"{name}@latest").version != latest[name]:
@@ -268,13 +272,18 @@ def fmt(values: tuple[float, float, float]) -> list[str]:
 
 
 def explain(registry: Registry, target: Target) -> list[str]:
-    from ctpreg.registry.db import ranking
+    from ctpreg.registry.db import crud, ranking
 
-    statement = ranking.own_exact_statement(target, model_id=8, limit=10)
-    compiled = statement.compile(registry.db.engine, compile_kwargs={"literal_binds": True})
+    model = registry.get_model(target.model)
+    shape, params = ranking.shape_and_params(target, model.id, model.fingerprint, 10)
+    statement = ranking.own_exact_statement(crud._record_query(), shape)
+    used = {p.key for p in statement._get_embedded_bindparams()}
+    compiled = statement.params(**{k: v for k, v in params.items() if k in used}).compile(
+        registry.db.engine, compile_kwargs={"literal_binds": True}
+    )
     prefix = "EXPLAIN QUERY PLAN " if registry.db.dialect == "sqlite" else "EXPLAIN "
     with registry.db.engine.connect() as conn:
-        return ["  " + " ".join(str(c) for c in row) for row in conn.execute(sa.text(prefix + str(compiled)))]
+        return ["  " + " ".join(str(c) for c in row) for row in conn.exec_driver_sql(prefix + str(compiled))]
 
 
 def measure_mlflow(url, rows, lookups, models, rng, args, failures):  # type: ignore[no-untyped-def]

@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--model-path")
     parser.add_argument("--method", default="gptq")
-    parser.add_argument("--bits", type=int, default=3)
+    parser.add_argument("--bits", type=int)
     parser.add_argument("--dataset", default="wiki")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--num-tokens", type=int, default=20)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, false, func, literal, true
+from sqlalchemy import ColumnElement, Float, Integer, Select, String, and_, bindparam, case, false, func, literal, true
 
 from ..compression import FULL_PRECISION_BITS, METHODS, PRUNING, QUANTIZATION
 from ..matcher import EXACT, OTHER_FAMILY, SAME_FAMILY, Target
@@ -53,6 +53,16 @@ def shape_and_params(target: Target, model_id: int, fingerprint: str, limit: int
     return shape, params
 
 
+_PARAM_TYPES = {
+    "t_method": String, "t_bits": Integer, "t_group": Integer, "t_sparsity": Float, "t_dataset": String,
+    "t_task": String, "t_severity": Float, "model_id": Integer, "fingerprint": String, "limit": Integer,
+}
+
+
+def _param(name: str) -> ColumnElement:
+    return bindparam(name, type_=_PARAM_TYPES[name]())
+
+
 def _family() -> ColumnElement:
     return case(
         (_prompt.method.in_(_QUANTIZERS), literal(QUANTIZATION)),
@@ -71,15 +81,15 @@ def exact_condition(shape: Shape) -> ColumnElement:
         return true()
     clauses: list[ColumnElement] = []
     if shape.method:
-        clauses.append(_prompt.method == bindparam("t_method"))
+        clauses.append(_prompt.method == _param("t_method"))
     if shape.family == QUANTIZATION:
         clauses.append(_prompt.method.in_(_QUANTIZERS))
         if shape.bits:
-            clauses.append(_prompt.bits == bindparam("t_bits"))
+            clauses.append(_prompt.bits == _param("t_bits"))
     if shape.group_size:
-        clauses.append(_prompt.group_size == bindparam("t_group"))
+        clauses.append(_prompt.group_size == _param("t_group"))
     if shape.sparsity:
-        clauses.append(func.abs(_prompt.sparsity - bindparam("t_sparsity")) < 1e-9)
+        clauses.append(func.abs(_prompt.sparsity - _param("t_sparsity")) < 1e-9)
     elif shape.family != PRUNING:
         clauses.append(_prompt.sparsity.is_(None))
     return and_(*clauses)
@@ -89,9 +99,9 @@ def _misses(shape: Shape) -> list[ColumnElement]:
     """Dataset/task mismatch flags, only for what the target asks (a constant would read as a column number)."""
     terms = []
     if shape.dataset:
-        terms.append(case((_prompt.dataset == bindparam("t_dataset"), 0), else_=1))
+        terms.append(case((_prompt.dataset == _param("t_dataset"), 0), else_=1))
     if shape.task:
-        terms.append(case((and_(_prompt.task.is_not(None), _prompt.task == bindparam("t_task")), 0), else_=1))
+        terms.append(case((and_(_prompt.task.is_not(None), _prompt.task == _param("t_task")), 0), else_=1))
     return terms
 
 
@@ -102,9 +112,9 @@ def _by_recovery() -> list[ColumnElement]:
 def _order(shape: Shape) -> list[ColumnElement]:
     same_family = _family() == shape.family if shape.family is not None else false()
     tier = case((exact_condition(shape), EXACT), (same_family, SAME_FAMILY), else_=OTHER_FAMILY)
-    terms = [tier, case((_prompt.base_model_id == bindparam("model_id"), 0), else_=1), *_misses(shape)]
+    terms = [tier, case((_prompt.base_model_id == _param("model_id"), 0), else_=1), *_misses(shape)]
     if shape.severity:
-        wanted = bindparam("t_severity")
+        wanted = _param("t_severity")
         terms.append(case((and_(tier == SAME_FAMILY, _severity() > wanted), 1), else_=0))
         terms.append(case((tier == EXACT, 0.0), else_=func.abs(_severity() - wanted)))
     return terms + _by_recovery()
@@ -113,12 +123,12 @@ def _order(shape: Shape) -> list[ColumnElement]:
 @lru_cache(maxsize=512)
 def own_exact_statement(base: Select, shape: Shape) -> Select:
     """The target model's own exact matches, best first (tier 2, same model: the head of the ranking)."""
-    where = and_(_prompt.base_model_id == bindparam("model_id"), exact_condition(shape), _prompt.deprecated.is_(False))
-    return base.where(where).order_by(*_misses(shape), *_by_recovery()).limit(bindparam("limit"))
+    where = and_(_prompt.base_model_id == _param("model_id"), exact_condition(shape), _prompt.deprecated.is_(False))
+    return base.where(where).order_by(*_misses(shape), *_by_recovery()).limit(_param("limit"))
 
 
 @lru_cache(maxsize=512)
 def class_statement(base: Select, shape: Shape) -> Select:
     """The whole fingerprint class in ranking order."""
-    where = and_(_base.fingerprint == bindparam("fingerprint"), _prompt.deprecated.is_(False))
-    return base.where(where).order_by(*_order(shape)).limit(bindparam("limit"))
+    where = and_(_base.fingerprint == _param("fingerprint"), _prompt.deprecated.is_(False))
+    return base.where(where).order_by(*_order(shape)).limit(_param("limit"))

@@ -1,0 +1,63 @@
+"""Every benchmark runs at a tiny size, so none of them rots (their full-size numbers are in the closing notes)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny import text_file, tiny_llama
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench(script: str, *args: str, env: dict | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("machine: ")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-model")
+    loaded = tiny_llama()
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_registry_latency(backend: str) -> None:
+    out = bench("registry_latency.py", "--backend", backend, "--prompts", "400", "--lookups", "40", "--mlflow-searches", "3")
+    assert "| ctpreg resolve" in out and "| MLflow get_model_version_by_alias" in out and "cold CLI" in out
+
+
+def test_fetch_latency() -> None:
+    out = bench("fetch_latency.py", "--repeats", "20", "--cold-repeats", "3")
+    assert "warm cache (read + sha256)" in out and "hf_hub_download" in out
+
+
+@pytest.mark.postgres
+def test_publish_throughput() -> None:
+    out = bench("publish_throughput.py", "--writers", "1,2", "--per-writer", "5")
+    assert "| 2 | 10 |" in out
+
+
+def test_train_throughput(model_dir: Path, tmp_path: Path, cli_env) -> None:
+    out = bench(
+        "train_throughput.py", "--model", "tiny-llama", "--model-path", str(model_dir), "--method", "bnb-nf4",
+        "--dataset", str(text_file(tmp_path)), "--steps", "3", "--seq-len", "32", "--eval-windows", "2",
+        "--num-tokens", "3",
+    )
+    assert "| ctpreg |" in out and "| PEFT PromptTuning |" in out
+
+
+def test_recovery(model_dir: Path, cli_env) -> None:
+    out = bench(
+        "recovery.py", "--model", "tiny-llama", "--model-path", str(model_dir), "--train", "bnb-nf4", "--levels",
+        "magnitude-s50", "--steps", "2", "--eval-windows", "2", "--calibration-windows", "2", "--num-tokens", "3",
+    )
+    assert "| bnb-nf4 | wiki (trained)" in out and "| magnitude-s50 | wiki (transfer)" in out

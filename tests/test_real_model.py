@@ -1,0 +1,62 @@
+"""The packaged SmolLM2-135M end to end (slow: minutes on 2 cores; run in CI, skip locally with -m "not slow").
+
+Numbers here are only checked for sanity (finite, ordered as compression predicts); the measured quality results
+come from bench/recovery.py and ctpreg demo with their full budgets.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ctpreg.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("real-home")
+
+
+@pytest.fixture
+def env(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in ("CTPREG_DB_URL", "CTPREG_STORE_URL", "CTPREG_CACHE_DIR", "CTPREG_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CTPREG_HOME", str(home))
+    return home
+
+
+def run_json(capsys, *args: str) -> dict:
+    code = main([*args, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    return json.loads(out)
+
+
+def test_gptq_4bit_then_five_training_steps(env: Path, tmp_path: Path, capsys) -> None:
+    report = run_json(
+        capsys, "train", "--model", "smollm2-135m", "--method", "gptq", "--bits", "4", "--dataset", "wiki",
+        "--steps", "5", "--eval-every", "5", "--eval-windows", "4", "--calibration-windows", "8", "--device", "cpu",
+        "-o", str(tmp_path / "p.safetensors"), "--publish",
+    )
+    for key in ("ppl_full", "ppl_compressed", "ppl_prompted"):
+        assert math.isfinite(report[key]) and report[key] > 1, key
+    assert report["ppl_compressed"] > report["ppl_full"], "4-bit GPTQ must cost some perplexity"
+    assert report["published"] == "smollm2-135m/gptq-w4-g128/wiki:1"
+    models = run_json(capsys, "models", "list")
+    assert models[0]["architecture"] == "LlamaForCausalLM" and models[0]["hidden_size"] == 576
+    assert models[0]["vocab_size"] == 49152
+
+
+def test_demo_with_a_small_budget(env: Path, capsys) -> None:
+    report = run_json(
+        capsys, "demo", "--steps", "5", "--eval-windows", "4", "--calibration-windows", "8",
+        "--targets", "gptq-w4-g128,sparsegpt-s50", "--device", "cpu",
+    )
+    rows = {row["target"]: row for row in report["rows"]}
+    assert set(rows) == {"gptq-w3-g128", "gptq-w4-g128", "sparsegpt-s50"}
+    for row in rows.values():
+        assert all(math.isfinite(row[k]) for k in ("ppl_full", "ppl_compressed", "ppl_prompted"))
+    assert rows["gptq-w3-g128"]["ppl_compressed"] > rows["gptq-w4-g128"]["ppl_compressed"]
