@@ -13,7 +13,6 @@ For a 100 x 4096 and a 100 x 8192 fp16 prompt, in one run:
 from __future__ import annotations
 
 import argparse
-import logging
 import hashlib
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, markdown_table  # noqa: E402
+from machine import describe, markdown_table, moto_s3  # noqa: E402
 
 from ctpreg.registry import Client, Settings  # noqa: E402
 from ctpreg.registry.artifacts import PromptMetadata, serialize_artifact  # noqa: E402
@@ -80,21 +79,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2000)
     parser.add_argument("--cold-repeats", type=int, default=50)
     args = parser.parse_args()
-    from huggingface_hub import hf_hub_download
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's HTTP server logs every request
-    print(describe())
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     import boto3
+    from huggingface_hub import hf_hub_download
 
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+    print(describe())
     rows, failures = [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    with moto_s3() as endpoint, tempfile.TemporaryDirectory() as tmp:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
         root = Path(tmp)
         env = {"CTPREG_HOME": str(root / "home"), "CTPREG_STORE_URL": "s3://bench/prompts",
                "CTPREG_S3_ENDPOINT_URL": endpoint, "CTPREG_CACHE_DIR": str(root / "cache")}
@@ -128,7 +119,6 @@ def main() -> int:
                 [size, "ctpreg client.fetch, cold from moto S3 over HTTP", *map("{:.3f}".format, percentiles(cold_times)), ""],
             ]
         registry.db.dispose()
-    server.stop()
     print()
     print(markdown_table(["prompt", "path", "p50 ms", "p95 ms", "vs floor"], rows))
     if failures:

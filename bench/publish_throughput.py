@@ -10,7 +10,6 @@ row's object present with the right sha256.
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import os
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, markdown_table  # noqa: E402
+from machine import describe, markdown_table, moto_s3  # noqa: E402
 
 from ctpreg.registry.artifacts import PromptMetadata, serialize_artifact  # noqa: E402
 from ctpreg.registry.compression import parse_compression  # noqa: E402
@@ -96,18 +95,19 @@ def main() -> int:
     parser.add_argument("--per-writer", type=int, default=100)
     parser.add_argument("--pg-url", default=os.environ.get("CTPREG_TEST_PG_URL", DEFAULT_PG))
     args = parser.parse_args()
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's HTTP server logs every request
     print(describe())
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    with moto_s3() as endpoint:
+        rows, problems = measure(args, endpoint)
+    print()
+    return report(rows, problems)
+
+
+def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]], list[str]]:
+    import boto3
+
     admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-    rows, problems = [], []
+    rows: list[list[object]] = []
+    problems: list[str] = []
     for writers in (int(w) for w in args.writers.split(",")):
         name = f"ctpreg_publish_{uuid.uuid4().hex[:8]}"
         with admin.connect() as conn:
@@ -128,8 +128,11 @@ def main() -> int:
         finally:
             with admin.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    server.stop()
-    print()
+    admin.dispose()
+    return rows, problems
+
+
+def report(rows: list[list[object]], problems: list[str]) -> int:
     print(markdown_table(["writers", "prompts", "prompts/s", "p50 ms", "p99 ms", "errors"], rows))
     if problems:
         print("\nFAILED checks:\n" + "\n".join(problems[:20]))

@@ -115,3 +115,15 @@ def s3_bucket(moto_endpoint: str) -> str:
     name = f"ctpreg-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama saved as a local model folder (the path real users take with --model-path)."""
+    from tiny import tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    loaded = tiny_llama()
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder

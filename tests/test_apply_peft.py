@@ -1,7 +1,6 @@
 """Load-time apply (forward and generate) and PEFT interop in both directions, on a tiny random Llama."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from ctpreg.cli.main import main
 from ctpreg.registry import Client, Settings
-from ctpreg.registry.artifacts import PromptMetadata, read_artifact, write_artifact
+from ctpreg.registry.artifacts import PromptMetadata, write_artifact
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.errors import Conflict
 from ctpreg.trainer.prompt import prepend

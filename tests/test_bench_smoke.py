@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import text_file, tiny_llama
+from tiny import text_file
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -20,13 +20,9 @@ def bench(script: str, *args: str, env: dict | None = None) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    loaded = tiny_llama()
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

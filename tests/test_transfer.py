@@ -7,16 +7,12 @@ from pathlib import Path
 import pytest
 
 from ctpreg.cli.main import main
-from tiny import text_file, tiny_llama
+from tiny import text_file
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    loaded = tiny_llama()
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 def run_json(capsys, *args: str):

