@@ -98,3 +98,17 @@ def test_report_chart_and_table_match_the_evidence(tmp_path, capsys, cli_env) ->
     table = capsys.readouterr().out
     assert "| gptq-w2-g128 | 2 | wiki/validation | 300.00 | 100.00 | -66.7% | p1:1 | yes |" in table
     assert main(["report", "--model", "unknown"]) == 5
+
+
+def test_generate_with_and_without_the_resolved_prompt(model_dir, tmp_path, capsys, cli_env) -> None:
+    corpus = str(text_file(tmp_path))
+    common = ["--model-path", str(model_dir), "--device", "cpu"]
+    run_json(capsys, "train", "--model", "tiny-llama", "--method", "bnb-nf4", "--dataset", corpus, "-o",
+             str(tmp_path / "p.safetensors"), "--publish", "--seq-len", "32", "--steps", "2", "--eval-every", "2",
+             "--eval-windows", "2", "--num-tokens", "3", *common)
+    prompted = run_json(capsys, "generate", "The quick brown", "--model", "tiny-llama", "--method", "bnb-nf4",
+                        "--max-new-tokens", "5", *common)
+    plain = run_json(capsys, "generate", "The quick brown", "--model", "tiny-llama", "--method", "bnb-nf4",
+                     "--max-new-tokens", "5", "--no-prompt", *common)
+    assert prompted["prompt"] == "tiny-llama/bnb-nf4/corpus:1" and plain["prompt"] is None
+    assert prompted["completion"] and plain["completion"]

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from ctpreg.registry.artifacts import PromptMetadata, read_artifact, write_artifact
+from ctpreg.registry.artifacts import PromptMetadata, read_artifact, serialize_artifact, write_artifact
+from ctpreg.registry.digest import sha256_hex
 from ctpreg.registry.recovery import gap_recovered
 from ctpreg.registry.errors import Conflict, InvalidInput
 from ctpreg.registry.records import BaseModelRecord
@@ -22,6 +23,7 @@ from ctpreg.registry.records import BaseModelRecord
 from .catalog import locate
 from .compress import CompressConfig, CompressedModel, CompressionCache, compress
 from .data import Corpus, all_windows, load_corpus, make_windows
+from .distributed import is_main
 from .evaluate import ChoiceItem, multiple_choice_accuracy, perplexity
 from .models import LoadedModel, load_model
 from .train import TrainConfig, TrainResult, train_prompt
@@ -120,7 +122,10 @@ def train_prompt_artifact(
         model=loaded.source.slug, model_fingerprint=loaded.fingerprint, compression=spec, dataset=windows.corpus,
         num_virtual_tokens=train_config.num_tokens, hidden_size=loaded.hidden_size, training=training, metrics=metrics,
     )
-    sha = write_artifact(out, result.prompt.numpy(), metadata)
+    if is_main():  # every rank holds the same prompt; one writes it
+        sha = write_artifact(out, result.prompt.numpy(), metadata)
+    else:
+        sha = sha256_hex(serialize_artifact(result.prompt.numpy(), metadata))
     return TrainedPrompt(out, sha, metadata, result, compressed.seconds)
 
 
