@@ -79,7 +79,7 @@ def main() -> int:
         recovered = gap_recovered(values)
         transfer = "trained" if (level, dataset) == (spec.canonical, "wiki") else "transfer"
         rows.append([level, f"{dataset} ({transfer})", f"{full_cache[dataset]:.2f}", f"{without:.2f}", f"{with_prompt:.2f}",
-                     f"{recovered:.0%}" if recovered is not None else "n/a", windows.numel() - windows.shape[0]])
+                     f"{recovered:.1%}" if recovered is not None else "n/a", windows.numel() - windows.shape[0]])
         del model
     print(f"\nprompt: {args.prompt.name}, {artifact.metadata.num_virtual_tokens} tokens trained on "
           f"{artifact.metadata.compression.canonical}/{artifact.metadata.dataset}, {training.get('steps')} steps, "

@@ -8,6 +8,7 @@ from functools import cached_property
 import typer
 
 from ctpreg.registry import Client, Registry, Settings
+from ctpreg.registry.errors import OfflineMiss
 
 
 @dataclass
@@ -16,6 +17,9 @@ class CliState:
 
     @cached_property
     def registry(self) -> Registry:
+        if self.settings.offline:
+            raise OfflineMiss("CTPREG_OFFLINE=1: this command needs the registry; offline, only `ctpreg fetch` of "
+                              "previously fetched references and the Python client's cached resolutions work")
         return Registry.from_settings(self.settings)
 
     @cached_property

@@ -164,3 +164,14 @@ def test_read_commands_never_import_torch(args, cli_env) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "rc " in proc.stdout
+
+
+def test_offline_cli_fetches_from_cache_and_refuses_registry_commands(cli_env, tmp_path, capsys, monkeypatch) -> None:
+    path = write_artifact_file(tmp_path / "p.safetensors", seed=4)
+    published = cli_json(capsys, "publish", str(path))
+    cli_json(capsys, "fetch", f"{published['name']}:1")
+    monkeypatch.setenv("CTPREG_OFFLINE", "1")
+    again = cli_json(capsys, "fetch", f"{published['name']}:1")
+    assert again["sha256"] == published["sha256"]
+    code, _, err = cli(capsys, "list")
+    assert code == 11 and "CTPREG_OFFLINE=1" in err
