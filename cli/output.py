@@ -65,3 +65,4 @@ def show_logs() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # libraries that configure the root logger would print every line twice
