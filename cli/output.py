@@ -18,7 +18,9 @@ def emit_json(value: Any) -> None:
 
 
 def console() -> Console:
-    return Console(soft_wrap=True)
+    """Rich console for tables; when stdout is not a terminal (logs, CI) it would wrap at 80 columns, so widen it."""
+    plain = Console()
+    return Console(soft_wrap=True, width=None if plain.is_terminal else 160)
 
 
 def info(message: str) -> None:

@@ -100,7 +100,7 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
     report.rows.append(DemoRow(
         target=config.train_compression, ppl_full=metrics["ppl_full"], ppl_compressed=metrics["ppl_compressed"],
         ppl_prompted=metrics["ppl_prompted"], gap_recovered=metrics.get("gap_recovered"), served=published.ref,
-        note="trained here", seconds=report.train_seconds,
+        note="trained earlier, reused" if reused else "trained here", seconds=report.train_seconds,
     ))
     validator = TargetValidator(
         ValidationConfig(dataset=config.dataset, seq_len=config.seq_len, max_windows=config.eval_windows,
