@@ -7,10 +7,10 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def emit_json(value: Any) -> None:
@@ -19,15 +19,21 @@ def emit_json(value: Any) -> None:
 
 def console() -> Console:
     """Rich console for tables; when stdout is not a terminal (logs, CI) it would wrap at 80 columns, so widen it."""
+    from rich.console import Console  # imported on use: --json output never pays for rich
+
     plain = Console()
     return Console(soft_wrap=True, width=None if plain.is_terminal else 160)
 
 
 def info(message: str) -> None:
+    from rich.console import Console
+
     Console(stderr=True, soft_wrap=True).print(message, highlight=False)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     grid = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
         grid.add_column(column, overflow="fold")

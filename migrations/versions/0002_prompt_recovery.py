@@ -1,4 +1,4 @@
-"""Store each prompt's recorded gap recovery in a column, so resolve can rank inside the database.
+"""Store each prompt's recorded gap recovery in a column and index the ranking columns, so resolve ranks in the DB.
 
 Revision ID: 0002_prompt_recovery
 Revises: 0001_initial
@@ -16,6 +16,11 @@ down_revision = "0001_initial"
 branch_labels = None
 depends_on = None
 
+# Every column resolve's head query filters or orders by, so it runs on the index alone.
+RANK_COLUMNS = [
+    "base_model_id", "method", "bits", "deprecated", "sparsity", "group_size", "dataset", "task", "recovery", "version",
+    "name",
+]
 _prompt = sa.table(
     "prompt", sa.column("id", sa.Integer), sa.column("metrics", sa.JSON), sa.column("recovery", sa.Float)
 )
@@ -43,12 +48,12 @@ def upgrade() -> None:
         value = _recovery(row.metrics)
         if value is not None:
             bind.execute(_prompt.update().where(_prompt.c.id == row.id).values(recovery=value))
-    op.create_index("ix_prompt_model_method_bits_rank", "prompt", ["base_model_id", "method", "bits", "deprecated"])
+    op.create_index("ix_prompt_rank", "prompt", RANK_COLUMNS)
     op.drop_index("ix_prompt_model_method_bits", table_name="prompt")
 
 
 def downgrade() -> None:
     op.create_index("ix_prompt_model_method_bits", "prompt", ["base_model_id", "method", "bits"])
-    op.drop_index("ix_prompt_model_method_bits_rank", table_name="prompt")
+    op.drop_index("ix_prompt_rank", table_name="prompt")
     with op.batch_alter_table("prompt") as batch:
         batch.drop_column("recovery")

@@ -39,7 +39,10 @@ class PromptRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_prompt_name_version"),
         UniqueConstraint("name", "sha256", name="uq_prompt_name_sha256"),
-        Index("ix_prompt_model_method_bits_rank", "base_model_id", "method", "bits", "deprecated"),
+        Index(
+            "ix_prompt_rank", "base_model_id", "method", "bits", "deprecated", "sparsity", "group_size", "dataset",
+            "task", "recovery", "version", "name",
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Float, Integer, Select, String, and_, bindparam, case, false, func, literal, true
+from sqlalchemy import ColumnElement, Float, Integer, Select, String, and_, bindparam, case, false, func, literal, select, true
 
 from ..compression import FULL_PRECISION_BITS, METHODS, PRUNING, QUANTIZATION
 from ..matcher import EXACT, OTHER_FAMILY, SAME_FAMILY, Target
@@ -122,9 +122,15 @@ def _order(shape: Shape) -> list[ColumnElement]:
 
 @lru_cache(maxsize=512)
 def own_exact_statement(base: Select, shape: Shape) -> Select:
-    """The target model's own exact matches, best first (tier 2, same model: the head of the ranking)."""
+    """The target model's own exact matches, best first (tier 2, same model: the head of the ranking).
+
+    The inner query picks the ids from the ``ix_prompt_rank`` index alone (every column it reads is in it), so only
+    the ``limit`` rows served are read from the table.
+    """
     where = and_(_prompt.base_model_id == _param("model_id"), exact_condition(shape), _prompt.deprecated.is_(False))
-    return base.where(where).order_by(*_misses(shape), *_by_recovery()).limit(_param("limit"))
+    order = [*_misses(shape), *_by_recovery()]
+    head = select(_prompt.id).where(where).order_by(*order).limit(_param("limit"))
+    return base.where(_prompt.id.in_(head)).order_by(*order)
 
 
 @lru_cache(maxsize=512)
