@@ -32,7 +32,9 @@ def create_db_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(url)
-        return create_engine(url, pool_pre_ping=True)
+        # No pre-ping (a round trip per checkout); recycled connections and the pool's invalidation on error cover
+        # restarts of the database.
+        return create_engine(url, pool_recycle=1800)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         hint = " (pip install 'ctpreg[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
         raise DatabaseError(f"no driver for {parsed.drivername}{hint}: {exc}") from None
@@ -73,6 +75,10 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
+        # Reads need no transaction: autocommit saves the BEGIN/COMMIT round trips on a networked database.
+        self._read_engine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.dialect == "postgresql" else self.engine
+        )
         self._auto_upgrade_empty = auto_upgrade_empty
         self._schema_checked = False
 
@@ -122,7 +128,7 @@ class Database:
     def session(self, *, write: bool = False) -> Iterator[Session]:
         """A transaction: commit when the block ends, roll back on any error; SQLAlchemy errors become ctpreg's."""
         self.check_schema()
-        session = Session(self._write_engine if write else self.engine, expire_on_commit=False)
+        session = Session(self._write_engine if write else self._read_engine, expire_on_commit=False)
         try:
             yield session
             session.commit()
