@@ -98,7 +98,7 @@ class PromptMetadata:
 
 def _positive_int(strings: Mapping[str, str], key: str) -> int:
     value = strings[key]
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise InvalidArtifact(f"artifact metadata {key}={value!r} is not a positive integer")
     return int(value)
 
@@ -176,6 +176,7 @@ def _parse(data: bytes) -> PromptArtifact:
     if not data:
         raise InvalidArtifact("empty file")
     strings = _header_metadata(data)
+    _check_header_dtypes(data)
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError) as exc:
@@ -186,6 +187,18 @@ def _parse(data: bytes) -> PromptArtifact:
     embeddings = tensors[TENSOR_NAME]
     _check_embeddings(embeddings, metadata)
     return PromptArtifact(embeddings=embeddings, metadata=metadata)
+
+
+_NUMPY_DTYPES = {"F32", "F16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+
+
+def _check_header_dtypes(data: bytes) -> None:
+    """Name tensors numpy cannot hold (bf16, fp8) instead of failing inside the loader."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    for name, info in header.items():
+        if name != "__metadata__" and isinstance(info, dict) and info.get("dtype") not in _NUMPY_DTYPES:
+            raise InvalidArtifact(f"tensor {name!r} has dtype {info.get('dtype')}; store prompts as float32 or float16")
 
 
 def _header_metadata(data: bytes) -> dict[str, str]:

@@ -61,6 +61,8 @@ def import_peft(
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InvalidArtifact(f"{weights}: not a readable safetensors file ({exc})") from None
+    except (TypeError, KeyError) as exc:  # numpy has no bfloat16: the loader fails on its dtype name
+        raise InvalidArtifact(f"{weights}: unsupported tensor dtype ({exc}); save the adapter in float32") from None
     if TENSOR_NAME not in tensors:
         raise InvalidArtifact(f"{weights}: no {TENSOR_NAME!r} tensor, found {sorted(tensors)}")
     embeddings = tensors[TENSOR_NAME].astype(np.float32)

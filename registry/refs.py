@@ -22,6 +22,8 @@ LATEST = "latest"
 
 
 def check_name(name: str) -> str:
+    if _SHA_PREFIX_RE.match(name):
+        raise InvalidInput(f"invalid prompt name {name!r}: 8 or more hex digits read as a sha256 prefix; add a letter")
     if not _NAME_RE.match(name) or ".." in name:
         raise InvalidInput(
             f"invalid prompt name {name!r}: use '/'-separated segments of letters, digits and '._+-', "

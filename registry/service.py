@@ -105,6 +105,8 @@ class Registry:
                 crud.set_alias(session, name=name, alias=alias, prompt_id=record.id)
             record = replace(record, aliases=crud.aliases_of(session, prompt_id=record.id))
         self._known_models[meta.model] = model
+        if not self.store.exists(key):  # a concurrent gc took an old copy between our touch and our commit
+            self.store.put(key, data)
         log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")
         return PublishResult(prompt=record, created=created)
 
@@ -174,6 +176,9 @@ class Registry:
         ]
         removed = []
         for item in orphans:
+            fresh = next(iter(self.store.list(prefix=item.key)), None)
+            if fresh is None or fresh.modified > cutoff:  # gone, or touched by a publish that reuses it
+                continue
             with self.db.session() as session:  # re-check: a publish may have claimed it meanwhile
                 if crud.is_referenced(session, sha256=sha_of_key(item.key) or ""):
                     continue

@@ -100,3 +100,16 @@ def test_gap_recovered() -> None:
 def test_serialization_is_deterministic() -> None:
     assert len({artifact_bytes(seed=4) for _ in range(20)}) == 1
     parse_artifact(artifact_bytes(seed=4))
+
+
+def test_unsupported_dtypes_and_odd_digits_are_clear_errors() -> None:
+    import torch
+    from safetensors.torch import save
+
+    good = metadata().to_strings()
+    bf16 = save({"prompt_embeddings": torch.ones(4, 8, dtype=torch.bfloat16)}, metadata=good)
+    with pytest.raises(InvalidArtifact, match="dtype BF16; store prompts as float32 or float16"):
+        parse_artifact(bf16)
+    superscript = _raw({"prompt_embeddings": np.ones((4, 8), np.float32)}, {**good, "num_virtual_tokens": "\u00b2"})
+    with pytest.raises(InvalidArtifact, match="not a positive integer"):
+        parse_artifact(superscript)

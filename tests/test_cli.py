@@ -175,3 +175,22 @@ def test_offline_cli_fetches_from_cache_and_refuses_registry_commands(cli_env, t
     assert again["sha256"] == published["sha256"]
     code, _, err = cli(capsys, "list")
     assert code == 11 and "CTPREG_OFFLINE=1" in err
+
+
+def test_os_and_migration_errors_are_one_line(cli_env, tmp_path, capsys) -> None:
+    path = write_artifact_file(tmp_path / "p.safetensors", seed=5)
+    name = cli_json(capsys, "publish", str(path))["name"]
+    code, _, err = cli(capsys, "fetch", f"{name}:1", "-o", str(tmp_path / "missing" / "x.safetensors"))
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    code, _, err = cli(capsys, "db", "upgrade", "bogus")
+    assert code == 2 and "bogus" in err and err.count("\n") == 1
+
+
+def test_parallel_first_use_of_a_fresh_home(cli_env) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "ctpreg.cli.main", "list", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert all(code == 0 for _, _, code in results), [err for _, err, _ in results]

@@ -56,3 +56,40 @@ def test_republishing_an_old_orphan_refreshes_it(registry: Registry, store_dir: 
     registry.publish_bytes(data, name="reuse")
     assert registry.gc(grace_seconds=0) == []
     assert registry.fetch("reuse")[1] == data
+
+
+def test_publish_restores_an_object_collected_before_its_commit(registry: Registry, store_dir: Path, monkeypatch) -> None:
+    from ctpreg.registry.db import crud
+
+    data = artifact_bytes(seed=6)
+    original = crud.insert_next_version
+
+    def collected_meanwhile(session, **kwargs):
+        for path in store_dir.rglob("*.safetensors"):
+            path.unlink()  # what a racing gc would do to an old copy between our touch and our commit
+        return original(session, **kwargs)
+
+    monkeypatch.setattr(crud, "insert_next_version", collected_meanwhile)
+    record = registry.publish_bytes(data, name="raced").prompt
+    monkeypatch.setattr(crud, "insert_next_version", original)
+    assert registry.fetch(record.ref)[1] == data
+
+
+def test_gc_skips_an_orphan_touched_after_it_was_listed(registry: Registry, store_dir: Path, monkeypatch) -> None:
+    data = artifact_bytes(seed=7)
+    _, key = registry.store.put_content(data)
+    old = time.time() - 7200
+    os.utime(store_dir / key, (old, old))
+    listing = list(registry.store.list())
+    calls = {"n": 0}
+
+    def stale_then_fresh(prefix="prompts/"):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            registry.store.touch(key)  # a publish reuses the object right after gc listed it
+            return iter(listing)
+        return LocalStore(store_dir).list(prefix)
+
+    monkeypatch.setattr(registry.store, "list", stale_then_fresh)
+    assert registry.gc(grace_seconds=3600) == []
+    assert (store_dir / key).exists()

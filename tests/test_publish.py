@@ -117,3 +117,17 @@ def test_bad_names_write_nothing(registry: Registry, store_dir: Path) -> None:
         with pytest.raises(InvalidInput):
             registry.publish_bytes(artifact_bytes(seed=1), name=name)
     assert _rows(registry) == 0 and _objects(store_dir) == []
+
+
+def test_full_sha_of_bytes_shared_by_two_names_resolves(registry: Registry) -> None:
+    data = artifact_bytes(seed=8)
+    first = registry.publish_bytes(data, name="a/p").prompt
+    registry.publish_bytes(data, name="b/p")
+    assert registry.get(first.sha256).sha256 == first.sha256
+    assert registry.get(first.sha256[:12]).name == "a/p"
+
+
+def test_hex_only_names_are_refused(registry: Registry) -> None:
+    with pytest.raises(InvalidInput, match="read as a sha256 prefix"):
+        registry.publish_bytes(artifact_bytes(seed=1), name="20240101")
+    assert registry.publish_bytes(artifact_bytes(seed=1), name="v20240101").prompt.version == 1

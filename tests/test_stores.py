@@ -67,3 +67,9 @@ def test_unreachable_s3_is_a_store_error(monkeypatch: pytest.MonkeyPatch) -> Non
     store = S3Store("s3://bucket", endpoint_url="http://127.0.0.1:9", max_attempts=1)
     with pytest.raises(StoreError, match="S3 head"):
         store.exists("prompts/aa/x")
+
+
+def test_listing_one_key_returns_that_object(store: ObjectStore) -> None:
+    _, key = store.put_content(b"only this one")
+    store.put_content(b"another")
+    assert [o.key for o in store.list(prefix=key)] == [key]

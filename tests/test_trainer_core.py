@@ -164,3 +164,12 @@ def test_config_checks() -> None:
         TrainConfig(steps=0)
     with pytest.raises(InvalidInput, match="lr"):
         TrainConfig(lr=2.0)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_or_compression(tmp_path: Path) -> None:
+    tiny = tiny_llama(seed=2)
+    windows = make_windows(tiny.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=32)
+    config = TrainConfig(num_tokens=4, steps=2, eval_every=1, autocast_bf16=False)
+    train_prompt(tiny.model, windows, config, checkpoint=tmp_path / "x.ckpt", context="tiny gptq-w3-g128")
+    with pytest.raises(InvalidInput, match="belongs to tiny gptq-w3-g128, not tiny gptq-w2-g128"):
+        train_prompt(tiny.model, windows, config, checkpoint=tmp_path / "x.ckpt", resume=True, context="tiny gptq-w2-g128")

@@ -99,8 +99,13 @@ def train_prompt_artifact(
     before = perplexity(compressed.model, windows.validation, label=f"eval {spec.canonical}")
     log.info("validation perplexity: full %.2f, %s %.2f (%s in %.0fs)", full.ppl, spec.canonical, before.ppl,
              "cached" if compressed.from_cache else "compressed", compressed.seconds)
+    context = (
+        f"{loaded.source.describe()} {loaded.fingerprint[:19]} {spec.canonical} "
+        f"calibration={compress_config.calibration}x{compress_config.calibration_windows}"
+    )
     result = train_prompt(
-        compressed.model, windows, train_config, checkpoint=out.with_name(out.name + ".ckpt"), resume=resume
+        compressed.model, windows, train_config, checkpoint=out.with_name(out.name + ".ckpt"), resume=resume,
+        context=context,
     )
     after = perplexity(compressed.model, windows.validation, prompt=result.prompt, label="eval prompted")
     log.info("with the prompt (best of step %d): %.2f", result.best_step, after.ppl)

@@ -113,8 +113,13 @@ def train_prompt(
     *,
     checkpoint: Path | None = None,
     resume: bool = False,
+    context: str = "",
 ) -> TrainResult:
-    """Learn a prompt for the frozen ``model`` on ``windows.train``, keeping the best by validation perplexity."""
+    """Learn a prompt for the frozen ``model`` on ``windows.train``, keeping the best by validation perplexity.
+
+    ``context`` names what the model is (source, fingerprint, compression, calibration); a checkpoint only resumes
+    under the same context, config and data.
+    """
     device = model.get_input_embeddings().weight.device
     if any(p.requires_grad for p in model.parameters()):
         raise InvalidInput("the model must be frozen before prompt training (trainer.models.freeze)")
@@ -123,7 +128,7 @@ def train_prompt(
     validation = windows.validation[: config.eval_windows] if config.eval_windows else windows.validation
     state = _TrainState(best=prompt.detach().clone())
     if resume and checkpoint is not None and checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, prompt, optimizer, config, windows)
+        state = _load_checkpoint(checkpoint, prompt, optimizer, config, windows, context)
         log.info("resumed from %s at step %d", checkpoint, state.step)
 
     def evaluate(step: int) -> float:
@@ -142,7 +147,7 @@ def train_prompt(
         if step > 0 and step % config.eval_every == 0 and state.history[-1]["step"] != step:
             evaluate(step)
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, prompt, optimizer, config, windows, state, step)
+                _save_checkpoint(checkpoint, prompt, optimizer, config, windows, state, step, context)
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, config)
         batch = get_batch(windows.train, step, config).to(device)
@@ -163,7 +168,7 @@ def train_prompt(
     if state.history[-1]["step"] != config.steps:
         evaluate(config.steps)
     if checkpoint is not None:
-        _save_checkpoint(checkpoint, prompt, optimizer, config, windows, state, config.steps)
+        _save_checkpoint(checkpoint, prompt, optimizer, config, windows, state, config.steps, context)
     step_seconds = elapsed / steps_run if steps_run else float("nan")
     return TrainResult(
         prompt=state.best.cpu(), best_val_ppl=state.best_ppl, best_step=state.best_step,
@@ -185,7 +190,7 @@ class _TrainState:
 
 def _save_checkpoint(
     path: Path, prompt: nn.Parameter, optimizer: torch.optim.Optimizer, config: TrainConfig, windows: TokenWindows,
-    state: _TrainState, step: int,
+    state: _TrainState, step: int, context: str,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -199,7 +204,7 @@ def _save_checkpoint(
     meta = {
         "step": step, "adam_step": float(moments["step"]) if "step" in moments else 0.0,
         "best_ppl": state.best_ppl, "best_step": state.best_step, "initial_ppl": state.initial_ppl,
-        "history": state.history, "config": config.digest, "data": windows.data_hash,
+        "history": state.history, "config": config.digest, "data": windows.data_hash, "context": context,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -208,7 +213,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: Path, prompt: nn.Parameter, optimizer: torch.optim.Optimizer, config: TrainConfig, windows: TokenWindows
+    path: Path, prompt: nn.Parameter, optimizer: torch.optim.Optimizer, config: TrainConfig, windows: TokenWindows,
+    context: str,
 ) -> _TrainState:
     from safetensors import safe_open
 
@@ -217,6 +223,10 @@ def _load_checkpoint(
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     if meta["config"] != config.digest or meta["data"] != windows.data_hash:
         raise InvalidInput(f"checkpoint {path} was made with another config or data; remove it or drop --resume")
+    if meta.get("context", "") != context:
+        raise InvalidInput(
+            f"checkpoint {path} belongs to {meta.get('context') or 'another run'}, not {context}; remove it or drop --resume"
+        )
     with torch.no_grad():
         prompt.copy_(tensors["prompt"])
     if "exp_avg" in tensors:

@@ -23,7 +23,7 @@ def export(ctx: typer.Context, ref: RefArgument, peft: PeftDir) -> None:
     from ctpreg.registry.peft_format import export_peft
 
     prompt = state(ctx).client.fetch(ref)
-    model = state(ctx).registry.get_model(prompt.record.model)
+    model = None if state(ctx).settings.offline else state(ctx).registry.get_model(prompt.record.model)
     base = (model.source if model and model.source else None) or prompt.record.model
     export_peft(prompt.artifact, peft, base_model_name_or_path=base)
     info(f"exported {prompt.record.ref} to {peft}")

@@ -202,11 +202,11 @@ def get_prompt(session: Session, *, ref: PromptRef) -> PromptRecord:
     stmt = _record_query()
     if ref.sha_prefix:
         upper = ref.sha_prefix + "g"  # 'g' sorts after every hex digit: a range scan on the sha256 index
-        stmt = stmt.where(PromptRow.sha256 >= ref.sha_prefix, PromptRow.sha256 < upper).limit(2)
-        found = _records(session, stmt)
+        stmt = stmt.where(PromptRow.sha256 >= ref.sha_prefix, PromptRow.sha256 < upper).order_by(PromptRow.id)
+        found = _records(session, stmt.limit(50))
         if not found:
             raise NotFound(f"no prompt has a sha256 starting with {ref.sha_prefix}")
-        if len({r.sha256 for r in found}) > 1 or len(found) > 1:
+        if len({r.sha256 for r in found}) > 1:  # the same bytes under several names are one object
             raise NotFound(f"sha256 prefix {ref.sha_prefix} is ambiguous; give more characters or NAME:VERSION")
         return found[0]
     if ref.version is not None:

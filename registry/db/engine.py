@@ -102,11 +102,14 @@ class Database:
             return
         self._make_sqlite_folder()
         revision = self.current_revision()
-        if revision is None and self._auto_upgrade_empty and self._is_empty():
-            from .migrate import upgrade
+        if revision is None and self._auto_upgrade_empty:
+            with self._upgrade_lock():  # several processes may start on a fresh home at once
+                revision = self.current_revision()
+                if revision is None and self._is_empty():
+                    from .migrate import upgrade
 
-            upgrade(self.engine)
-            revision = self.current_revision()
+                    upgrade(self.engine)
+                    revision = self.current_revision()
         if revision != SCHEMA_REVISION:
             state = "has no ctpreg schema" if revision is None else f"is at revision {revision}"
             raise SchemaOutOfDate(
@@ -120,6 +123,19 @@ class Database:
         if self.dialect == "sqlite" and database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
+    @contextmanager
+    def _upgrade_lock(self) -> Iterator[None]:
+        """An exclusive file lock beside the embedded DB file, held while it is created."""
+        import fcntl
+
+        lock_path = Path(str(self.engine.url.database) + ".lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _is_empty(self) -> bool:
         with self.engine.connect() as conn:
             return not inspect(conn).get_table_names()
@@ -127,7 +143,10 @@ class Database:
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:
         """A transaction: commit when the block ends, roll back on any error; SQLAlchemy errors become ctpreg's."""
-        self.check_schema()
+        try:
+            self.check_schema()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"metadata DB {safe_url(self.url)}: {_first_line(exc)}") from exc
         session = Session(self._write_engine if write else self._read_engine, expire_on_commit=False)
         try:
             yield session

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from importlib.resources import files
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import DatabaseError, InvalidInput
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -27,8 +34,21 @@ def head_revision() -> str:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    command.upgrade(alembic_config(engine), revision)
+    with _translated():
+        command.upgrade(alembic_config(engine), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    command.downgrade(alembic_config(engine), revision)
+    with _translated():
+        command.downgrade(alembic_config(engine), revision)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Alembic and SQLAlchemy errors become ctpreg's, so the CLI prints one line."""
+    try:
+        yield
+    except CommandError as exc:
+        raise InvalidInput(f"migration: {exc}") from exc
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"migration failed: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}") from exc

@@ -68,7 +68,7 @@ class LocalStore(ObjectStore):
         base = self._path(prefix.rstrip("/") or ".")
         if not base.exists():
             return
-        for path in sorted(base.rglob("*")):
+        for path in [base] if base.is_file() else sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
                 stat = path.stat()
                 yield ObjectInfo(
