@@ -67,12 +67,16 @@ def main() -> int:
     rows = []
     evaluations = [(spec.canonical, "wiki"), (spec.canonical, "news")] + [(level, "wiki") for level in args.levels.split(",")]
     full_cache: dict[str, float] = {}
+    compressed: dict[str, torch.nn.Module] = {}  # rows of one level share its compressed model
     for level, dataset in evaluations:
         windows = validation(dataset)
         if dataset not in full_cache:
             full_cache[dataset] = perplexity(base.model, windows, label=f"full {dataset}").ppl
-        level_config = CompressConfig(parse_compression(level), calibration="wiki", calibration_windows=args.calibration_windows)
-        model = compress_loaded(copy.deepcopy(base), level_config, home).model
+        if level not in compressed:
+            compressed.clear()  # one compressed model in memory at a time
+            level_config = CompressConfig(parse_compression(level), calibration="wiki", calibration_windows=args.calibration_windows)
+            compressed[level] = compress_loaded(copy.deepcopy(base), level_config, home).model
+        model = compressed[level]
         without = perplexity(model, windows, label=f"{level} {dataset}").ppl
         with_prompt = perplexity(model, windows, prompt=prompt, label=f"{level} {dataset} prompted").ppl
         values = {"ppl_full": full_cache[dataset], "ppl_compressed": without, "ppl_prompted": with_prompt}
@@ -80,7 +84,6 @@ def main() -> int:
         transfer = "trained" if (level, dataset) == (spec.canonical, "wiki") else "transfer"
         rows.append([level, f"{dataset} ({transfer})", f"{full_cache[dataset]:.2f}", f"{without:.2f}", f"{with_prompt:.2f}",
                      f"{recovered:.1%}" if recovered is not None else "n/a", windows.numel() - windows.shape[0]])
-        del model
     print(f"\nprompt: {args.prompt.name}, {artifact.metadata.num_virtual_tokens} tokens trained on "
           f"{artifact.metadata.compression.canonical}/{artifact.metadata.dataset}, {training.get('steps')} steps, "
           f"lr {training.get('lr')}; {training.get('step_seconds', float('nan')):.2f} s/step, "

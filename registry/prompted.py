@@ -34,6 +34,20 @@ def check_fits(model: nn.Module, embeddings: torch.Tensor, fingerprint: str, tok
             )
 
 
+def prepend_prompt(
+    model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs_embeds and attention mask with the prompt in front (the prompt always attends)."""
+    embeds = model.get_input_embeddings()(input_ids)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    if prompt is None:
+        return embeds, mask
+    batch = input_ids.shape[0]
+    prefix = prompt.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+    prefix_mask = torch.ones(batch, prompt.shape[0], dtype=mask.dtype, device=mask.device)
+    return torch.cat([prefix, embeds], dim=1), torch.cat([prefix_mask, mask], dim=1)
+
+
 class PromptedModel(nn.Module):
     """``model`` with ``embeddings`` [num_virtual_tokens, hidden_size] prepended to every input."""
 
@@ -47,19 +61,11 @@ class PromptedModel(nn.Module):
     def num_virtual_tokens(self) -> int:
         return int(self.prompt.shape[0])
 
-    def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds = self.model.get_input_embeddings()(input_ids)
-        batch = input_ids.shape[0]
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        prefix = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-        ones = torch.ones(batch, self.num_virtual_tokens, dtype=mask.dtype, device=mask.device)
-        return torch.cat([prefix, embeds], dim=1), torch.cat([ones, mask], dim=1)
-
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None, **kwargs: Any,
     ) -> Any:
-        embeds, mask = self._inputs(input_ids, attention_mask)
+        embeds, mask = prepend_prompt(self.model, input_ids, self.prompt, attention_mask)
         if labels is not None:
             ignore = torch.full((labels.shape[0], self.num_virtual_tokens), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
             labels = torch.cat([ignore, labels], dim=1)
@@ -67,6 +73,6 @@ class PromptedModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        embeds, mask = self._inputs(input_ids, attention_mask)
+        embeds, mask = prepend_prompt(self.model, input_ids, self.prompt, attention_mask)
         new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)

@@ -11,9 +11,14 @@ from ctpreg.registry import Client, Settings
 from ctpreg.registry.artifacts import PromptMetadata, write_artifact
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.errors import Conflict
-from ctpreg.trainer.prompt import prepend
 from helpers import FP_B
 from tiny import tiny_llama
+
+
+def manual_inputs(model, ids: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference, written out: prompt rows then token embeddings; the mask covers both."""
+    embeds = torch.cat([prompt.expand(ids.shape[0], -1, -1), model.get_input_embeddings()(ids)], dim=1)
+    return embeds, torch.ones(embeds.shape[:2], dtype=torch.long)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +46,7 @@ def test_apply_forward_prepends_prompt_and_masks_labels(tiny, published) -> None
     wrapped = resolved.apply(tiny.model, tiny.tokenizer)
     ids = torch.randint(3, tiny.vocab_size, (2, 9))
     out = wrapped(input_ids=ids, labels=ids)
-    embeds, mask = prepend(tiny.model, ids, embeddings)
+    embeds, mask = manual_inputs(tiny.model, ids, embeddings)
     manual_logits = tiny.model(inputs_embeds=embeds, attention_mask=mask).logits
     torch.testing.assert_close(out.logits, manual_logits)
     scoring = manual_logits[:, 4:-1]  # the last prompt position predicts the first token; prompt targets are -100
@@ -54,7 +59,7 @@ def test_generate_with_the_wrapper_equals_manual_inputs_embeds(tiny, published) 
     wrapped = client.resolve("tiny-llama", method="gptq", bits=3).apply(tiny.model, tiny.tokenizer)
     ids = tiny.tokenizer("The quick brown", return_tensors="pt")["input_ids"]
     ours = wrapped.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    embeds, mask = prepend(tiny.model, ids, embeddings)
+    embeds, mask = manual_inputs(tiny.model, ids, embeddings)
     manual = tiny.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(ours, torch.cat([ids, manual], dim=1))
 

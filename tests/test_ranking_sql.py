@@ -4,7 +4,6 @@ import random
 
 import pytest
 
-from ctpreg.registry.db import crud
 from ctpreg.registry.matcher import Target, rank
 from ctpreg.registry.records import Measurement
 from ctpreg.registry.service import Registry
@@ -42,8 +41,7 @@ def _populate(registry: Registry, rng: random.Random) -> None:
 def test_sql_head_equals_python_ranking(registry: Registry) -> None:
     rng = random.Random(7)
     _populate(registry, rng)
-    with registry.db.session() as session:
-        everything = crud.compatible_prompts(session, fingerprint=FP_A)
+    everything = [p for p in registry.list_prompts() if p.model_fingerprint == FP_A and not p.deprecated]
     for fields in TARGETS:
         for dataset in (None, "news"):
             target = Target(model="m", dataset=dataset, task=rng.choice([None, "qa"]), **fields)

@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ def _gensim_data(filename: str) -> Path:
     raise MissingExtra("the packaged corpora ship in the gensim wheel: pip install gensim==4.4.0")
 
 
+@lru_cache(maxsize=None)  # parsing the bz2 dump takes ~10 s; train, calibration and validation all read it
 def _wiki() -> Corpus:
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
@@ -97,6 +98,7 @@ def _wiki() -> Corpus:
     return Corpus("wiki", tuple(documents))
 
 
+@lru_cache(maxsize=None)
 def _news() -> Corpus:
     lines = _gensim_data(NEWS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
     return Corpus("news", tuple(line.strip() for line in lines if line.strip()))

@@ -19,7 +19,7 @@ from torch import nn
 from ctpreg.registry.errors import InvalidInput
 
 from .distributed import all_reduce_sum, rank_and_world
-from .prompt import count_scored, token_nll
+from .prompt import token_nll
 from .progress import progress
 
 
@@ -45,7 +45,7 @@ def perplexity(
     for start in progress(range(0, mine.shape[0], batch_size), desc=label, unit="batch"):
         batch = mine[start : start + batch_size].to(device)
         total[0] += token_nll(model, batch, prompt).double().sum().cpu()
-        total[1] += count_scored(batch)
+        total[1] += batch.shape[0] * (batch.shape[1] - 1)  # tokens 2..L of each window
     nll, tokens = all_reduce_sum(total).tolist()
     if tokens == 0:
         raise InvalidInput("no tokens to evaluate")

@@ -24,7 +24,7 @@ from .catalog import locate
 from .compress import CompressConfig, CompressedModel, CompressionCache, compress
 from .data import Corpus, all_windows, load_corpus, make_windows
 from .distributed import is_main
-from .evaluate import ChoiceItem, multiple_choice_accuracy, perplexity
+from .evaluate import perplexity
 from .models import LoadedModel, load_model
 from .train import TrainConfig, TrainResult, train_prompt
 
@@ -193,7 +193,3 @@ def register_and_publish(registry: Any, loaded: LoadedModel, path: Path, *, name
         )
     )
     return registry.publish(path, name=name)
-
-
-def task_accuracy(model: Any, tokenizer: Any, items: list[ChoiceItem], *, prompt: torch.Tensor | None = None) -> float:
-    return multiple_choice_accuracy(model, tokenizer, items, prompt=prompt)

@@ -165,16 +165,18 @@ def evaluate(
         loaded = pipeline.load_base(model, model_path=model_path, device=device)
         prompt_tensor = pipeline.load_prompt_for(loaded, prompt, state(ctx).client) if prompt else None
         windows = pipeline.eval_windows_for(loaded, dataset=dataset, text_file=text_file, seq_len=seq_len, max_windows=max_windows)
-        from ctpreg.trainer.evaluate import load_tasks
+        from ctpreg.trainer.evaluate import load_tasks, multiple_choice_accuracy
 
         task_items = load_tasks(tasks) if tasks else None
-        base_accuracy = pipeline.task_accuracy(loaded.model, loaded.tokenizer, task_items) if task_items else None
+        base_accuracy = multiple_choice_accuracy(loaded.model, loaded.tokenizer, task_items) if task_items else None
         report, compressed = pipeline.evaluate_conditions(loaded, compress_config, windows, home=state(ctx).settings.home, prompt=prompt_tensor)
         if task_items:
             report["accuracy_full"] = base_accuracy
-            report["accuracy_compressed"] = pipeline.task_accuracy(compressed.model, loaded.tokenizer, task_items)
+            report["accuracy_compressed"] = multiple_choice_accuracy(compressed.model, loaded.tokenizer, task_items)
             if prompt_tensor is not None:
-                report["accuracy_prompted"] = pipeline.task_accuracy(compressed.model, loaded.tokenizer, task_items, prompt=prompt_tensor)
+                report["accuracy_prompted"] = multiple_choice_accuracy(
+                    compressed.model, loaded.tokenizer, task_items, prompt=prompt_tensor
+                )
     report["model"] = model
     if as_json:
         emit_json(report)

@@ -257,12 +257,6 @@ def list_prompts(
     return _records(session, stmt)
 
 
-def compatible_prompts(session: Session, *, fingerprint: str) -> list[PromptRecord]:
-    """Non-deprecated prompts of every base model in this fingerprint class (the matcher's candidates)."""
-    stmt = _record_query().where(BaseModelRow.fingerprint == fingerprint, PromptRow.deprecated.is_(False))
-    return _records(session, stmt, with_aliases=False)
-
-
 def top_prompts(session: Session, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]:
     """The first ``limit`` candidates in the matcher's metadata order, read without scanning the whole class."""
     shape, params = ranking.shape_and_params(target, model_id, fingerprint, limit)

@@ -100,7 +100,6 @@ class Database:
         """Refuse to run against a DB whose schema differs from the code; upgrade a brand-new embedded DB."""
         if self._schema_checked:
             return
-        self._make_sqlite_folder()
         revision = self.current_revision()
         if revision is None and self._auto_upgrade_empty:
             with self._upgrade_lock():  # several processes may start on a fresh home at once

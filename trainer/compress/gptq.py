@@ -36,8 +36,13 @@ def _quiet_gptqmodel():
 def quantize_gptq(
     checkpoint: Path, spec: CompressionSpec, calibration: torch.Tensor, output: Path, *, batch_size: int = 16
 ) -> Path:
-    """Quantize the HF checkpoint folder ``checkpoint`` (it must hold a tokenizer) into ``output``."""
-    with _quiet_gptqmodel():
+    """Quantize the HF checkpoint folder ``checkpoint`` (it must hold a tokenizer) into ``output``.
+
+    GPTQModel writes a per-layer quantization log to ``./logs``; running it from the cache folder keeps that log
+    beside the model it describes instead of in the user's working directory.
+    """
+    checkpoint, output = checkpoint.resolve(), output.resolve()
+    with _quiet_gptqmodel(), contextlib.chdir(output.parent):
         from gptqmodel import GPTQModel, QuantizeConfig
 
         config = QuantizeConfig(bits=spec.bits, group_size=spec.group_size, sym=True, desc_act=False, true_sequential=False)
