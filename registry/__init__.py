@@ -12,7 +12,9 @@ from typing import Any
 _EXPORTS = {
     "PromptArtifact": "artifacts", "PromptMetadata": "artifacts", "parse_artifact": "artifacts",
     "read_artifact": "artifacts", "write_artifact": "artifacts",
+    "attach": "attach", "describe_loaded": "attach", "LoadedTarget": "attach",
     "Client": "client", "ResolvedPrompt": "client",
+    "EvalData": "identity",
     "CompressionSpec": "compression", "build_spec": "compression", "parse_compression": "compression",
     "CtpregError": "errors",
     "embedding_fingerprint": "fingerprint",

@@ -5,6 +5,8 @@
     prompt = client.resolve("smollm2-135m", method="gptq", bits=3)
     embeddings = prompt.tensor()
 
+or, from a loaded model that carries its own compression, ``ctpreg.registry.attach(model, tokenizer)``.
+
 Online, answers come from the registry and are remembered in the cache (``registry.cache``). With
 ``CTPREG_OFFLINE=1`` the client never builds an engine or a store client and opens no socket: it answers from the
 cache's ``refs/`` and verified blobs, or says the target was never resolved here.
@@ -29,6 +31,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .artifacts import PromptArtifact, PromptMetadata
+    from .attach import LoadedTarget
 
 
 @dataclass(frozen=True)
@@ -102,20 +105,41 @@ class Client:
         group_size: int | None = None,
         dataset: str | None = None,
         task: str | None = None,
+        identity: str | None = None,
         validator: Validator | None = None,
         top_k: int = DEFAULT_TOP_K,
         min_gain: float = DEFAULT_MIN_GAIN,
     ) -> ResolvedPrompt:
         target = Target(
-            model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size, dataset=dataset, task=task
+            model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size, dataset=dataset, task=task,
+            identity=identity,
         )
-        key = {"target": target.__dict__}
+        return self._resolve_target(target, {"target": target.__dict__}, validator, top_k, min_gain)
+
+    def resolve_loaded(
+        self, loaded: LoadedTarget, *, model_name: str | None = None, validator: Validator | None = None,
+        top_k: int = DEFAULT_TOP_K, min_gain: float = DEFAULT_MIN_GAIN,
+    ) -> ResolvedPrompt:
+        """The prompt for a model described from itself (``attach``): its base model is the registered model of its
+        fingerprint class (``model_name`` chooses among several), its target its compression and identity."""
+        key = {"loaded": loaded.to_dict(), "model": model_name, "validated": validator is not None}
+        if self.settings.offline:
+            return self._resolve_target(None, key, validator, top_k, min_gain)
+        name = self.registry.base_model_for(loaded.fingerprint, model_name)
+        target = Target.for_spec(name, loaded.spec, identity=loaded.identity)
+        return self._resolve_target(target, key, validator, top_k, min_gain)
+
+    def _resolve_target(
+        self, target: Target | None, key: dict[str, Any], validator: Validator | None, top_k: int, min_gain: float
+    ) -> ResolvedPrompt:
         if self.settings.offline:
             remembered = self.cache.get_ref("targets", key)
             if remembered is None:
-                raise OfflineMiss(f"offline and {target.describe()} was never resolved on this machine")
+                what = target.describe() if target is not None else "this model"
+                raise OfflineMiss(f"offline and {what} was never resolved on this machine")
             record = PromptRecord.from_dict(remembered["prompt"])
             return self._offline_prompt(record, tier=remembered["tier"], explanation=remembered["explanation"])
+        assert target is not None
         resolution = resolve(self.registry, target, validator=validator, top_k=top_k, min_gain=min_gain)
         served = resolution.served
         prompt = self._download(served.prompt, tier=served.tier, explanation=served.explanation)

@@ -36,6 +36,7 @@ class Target:
     group_size: int | None = None
     dataset: str | None = None
     task: str | None = None
+    identity: str | None = None  # target key (``registry.identity``) of the very model, when known
 
     def __post_init__(self) -> None:
         if self.method is not None:
@@ -54,6 +55,13 @@ class Target:
             raise InvalidInput(f"sparsity must lie strictly between 0 and 1, got {self.sparsity}")
         if self.group_size is not None and self.group_size <= 0:
             raise InvalidInput(f"group size must be a positive integer, got {self.group_size}")
+
+    @classmethod
+    def for_spec(cls, model: str, spec: CompressionSpec, **fields: Any) -> Target:
+        """The target of one fully specified compression (an n:m pattern is matched by its sparsity)."""
+        bits = spec.bits if spec.family == QUANTIZATION else None
+        return cls(model=model, method=spec.method, bits=bits, sparsity=spec.sparsity, group_size=spec.group_size,
+                   **fields)
 
     @property
     def family(self) -> str | None:
@@ -130,12 +138,16 @@ class Candidate:
             "recovery": self.prompt.recovery,
         }
         if self.measurement is not None:
+            m = self.measurement
             out.update(
-                ppl_without=self.measurement.ppl_without,
-                ppl_with=self.measurement.ppl_with,
-                relative_gain=self.measurement.relative_gain,
-                eval_dataset=self.measurement.eval_dataset,
-                eval_tokens=self.measurement.eval_tokens,
+                ppl_without=m.ppl_without,
+                ppl_with=m.ppl_with,
+                relative_gain=m.relative_gain,
+                eval_dataset=m.eval_dataset,
+                eval_tokens=m.eval_tokens,
+                eval_key=m.eval_key,
+                eval_data=m.eval_data.to_dict() if m.eval_data else None,
+                target_key=m.target_key,
             )
         return out
 
@@ -162,7 +174,7 @@ def _place(target: Target, prompt: PromptRecord, evidence: Evidence | None) -> C
         verdict = "accepted" if evidence.accepted else "rejected: too little gain"
         reason = (
             f"measured on this target: ppl {m.ppl_without:.2f} -> {m.ppl_with:.2f} "
-            f"({-m.relative_gain:+.1%}) on {m.eval_dataset}, {verdict}"
+            f"({-m.relative_gain:+.1%}) on {m.describe_data()}, {verdict}"
         )
         key: tuple[Any, ...] = (-m.relative_gain,)
     elif target.matches_exactly(spec):

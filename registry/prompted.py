@@ -1,19 +1,26 @@
-"""A loaded model with a soft prompt in front: what ``ResolvedPrompt.apply(model)`` returns.
+"""A loaded model with a soft prompt in front: what ``ResolvedPrompt.apply(model)`` returns, and how it is scored.
 
 Imported only by ``apply`` (it needs torch), so the registry stays torch-free for resolve and fetch. ``forward``
 prepends the prompt to the input embeddings, extends the attention mask with ones and the labels with -100, so
 prompt positions are never scored; ``generate`` does the same and returns the input ids followed by the new tokens,
 like ``generate(input_ids=...)`` on the bare model.
+
+Scoring computes only what counts: the decoder runs over prompt + tokens, but the LM head sees just the positions
+that predict tokens 2..L of each window. Token 1 has no context without a prompt, so it is never scored in any
+condition; with and without a prompt the same tokens are scored, and prompt positions never count (the paper's code
+averages them in, which biases prompted perplexity low). The trainer and the load-time validator share these.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .errors import Conflict
+from .errors import Conflict, InvalidInput
 from .fingerprint import embedding_fingerprint
 
 IGNORE_INDEX = -100
@@ -46,6 +53,73 @@ def prepend_prompt(
     prefix = prompt.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
     prefix_mask = torch.ones(batch, prompt.shape[0], dtype=mask.dtype, device=mask.device)
     return torch.cat([prefix, embeds], dim=1), torch.cat([prefix_mask, mask], dim=1)
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    decoder = model.get_decoder()
+    if decoder is None:
+        raise TypeError(f"{type(model).__name__} exposes no decoder; ctpreg needs a decoder-only causal LM")
+    return decoder
+
+
+def next_token_logits(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, L-1, V] at the positions that predict ``input_ids[:, 1:]``; none for prompt positions."""
+    embeds, mask = prepend_prompt(model, input_ids, prompt)
+    hidden = _decoder(model)(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    offset = 0 if prompt is None else prompt.shape[0]
+    return model.get_output_embeddings()(hidden[:, offset : offset + input_ids.shape[1] - 1])
+
+
+def token_nll(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token negative log-likelihood [B, L-1] of ``input_ids[:, 1:]`` (float32)."""
+    logits = next_token_logits(model, input_ids, prompt).float()
+    targets = input_ids[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return nll.view_as(targets)
+
+
+def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linear layers inside the transformer blocks (what compression touches; never embeddings or LM head)."""
+    head = model.get_output_embeddings()
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module is not head and ".layers." in f".{name}":
+            layers[name] = module
+    return layers
+
+
+def window_digest(windows: torch.Tensor) -> str:
+    """sha256 of the token ids (int64, row-major): two measurements are comparable only on equal digests."""
+    return hashlib.sha256(windows.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def cut_windows(tokenizer: Any, documents: list[str], seq_len: int, limit: int | None, label: str) -> torch.Tensor:
+    """Documents joined with EOS and cut into non-overlapping windows [N, seq_len] (at most ``limit``)."""
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids: list[int] = []
+    for doc in documents:
+        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        ids.extend(separator)
+        if limit is not None and len(ids) >= limit * seq_len:
+            break
+    count = len(ids) // seq_len
+    if count == 0:
+        raise InvalidInput(f"{label} has {len(ids)} tokens, fewer than one window of {seq_len}")
+    if limit is not None:
+        count = min(count, limit)
+    return torch.tensor(ids[: count * seq_len], dtype=torch.long).view(count, seq_len)
+
+
+@torch.no_grad()
+def perplexity_sums(model: nn.Module, windows: torch.Tensor, prompt: torch.Tensor | None, batch_size: int = 4) -> tuple[float, int]:
+    """Total NLL and scored-token count of ``windows`` (tokens 2..L of each), with ``prompt`` in front if given."""
+    device = model.get_input_embeddings().weight.device
+    nll, tokens = 0.0, 0
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        nll += float(token_nll(model, batch, prompt).double().sum())
+        tokens += batch.shape[0] * (batch.shape[1] - 1)
+    return nll, tokens
 
 
 class PromptedModel(nn.Module):

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .recovery import gap_recovered
 from .compression import CompressionSpec, parse_compression
+from .identity import LEGACY, EvalData, legacy_eval_key
+from .recovery import gap_recovered
 
 
 @dataclass(frozen=True)
@@ -108,16 +109,30 @@ class PromptRecord:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A validator's verdict on one prompt applied to one target."""
+    """A validator's verdict on one prompt applied to one target, with what it was measured on.
+
+    ``target_key`` and ``eval_data`` identify the model and the windows (``registry.identity``): measurements are
+    comparable, and reusable as evidence, only when both match.
+    """
 
     ppl_without: float
     ppl_with: float
     eval_dataset: str
     eval_tokens: int
+    target_key: str = LEGACY
+    eval_data: EvalData | None = None
+    target_source: str | None = None
 
     @property
     def relative_gain(self) -> float:
         return (self.ppl_without - self.ppl_with) / self.ppl_without
+
+    @property
+    def eval_key(self) -> str:
+        return self.eval_data.key if self.eval_data is not None else legacy_eval_key(self.eval_dataset)
+
+    def describe_data(self) -> str:
+        return self.eval_data.describe() if self.eval_data is not None else f"{self.eval_dataset} (windows not recorded)"
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,19 @@
 """Resolve a target to a served prompt: rank (``matcher``), then optionally validate on the target itself.
 
 The registry never imports torch: validation is a callable passed in (the trainer provides one) that measures
-perplexity of the target without and with a prompt. Every measurement is stored as evidence, so the next resolve
-of the same target ranks by it (tier 1) without measuring again.
+perplexity of the target without and with a prompt. Every measurement is stored as evidence naming the target and
+the windows (``registry.identity``), so the next resolve of the same target on the same windows ranks by it (tier 1)
+without measuring again; a request on other windows or another checkpoint measures anew.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import InvalidInput, NoHelpfulPrompt
+from .identity import EvalData
 from .matcher import MEASURED, REJECTED, Candidate, Target
 from .records import Measurement
 from .service import Registry
@@ -22,8 +23,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: ``validate(artifact, target) -> Measurement``: perplexity of the target without and with the prompt.
-Validator = Callable[["PromptArtifact", Target], Measurement]
+
+
+@dataclass(frozen=True)
+class ValidationScope:
+    """What a validator would measure on, known before measuring: the target's identity and the windows."""
+
+    target_key: str
+    eval_data: EvalData
+    target_source: str | None = None
+
+
+class Validator(Protocol):
+    """Measures perplexity of a target without and with a prompt (the trainer provides implementations)."""
+
+    def scope(self, target: Target) -> ValidationScope: ...
+
+    def __call__(self, artifact: PromptArtifact, target: Target) -> Measurement: ...
+
+
 DEFAULT_TOP_K = 3
 DEFAULT_MIN_GAIN = 0.01
 
@@ -56,11 +74,17 @@ def resolve(
     """Rank candidates; with a validator, measure the top ``top_k`` on the target and serve the best that helps."""
     if top_k < 1:
         raise InvalidInput("top-k must be at least 1")
-    ranked = registry.candidates(target)
-    if validator is None or (ranked[0].tier == MEASURED and not revalidate):
+    if validator is None:
+        ranked = registry.candidates(target)
         return Resolution(target=target, served=_first_servable(target, ranked), candidates=ranked)
     if target.spec is None:
         raise InvalidInput("--validate needs a fully specified target: --method and its level (bits or sparsity)")
+    scope = validator.scope(target)
+    target = replace(target, identity=scope.target_key)
+    eval_key = scope.eval_data.key
+    ranked = registry.candidates(target, eval_key=eval_key)
+    if ranked[0].tier == MEASURED and not revalidate:
+        return Resolution(target=target, served=_first_servable(target, ranked), candidates=ranked)
     from .artifacts import parse_artifact
 
     to_measure = [c for c in ranked if revalidate or c.tier != REJECTED][:top_k]
@@ -72,7 +96,7 @@ def resolve(
         registry.record_evidence(target, candidate.prompt, measurement, accepted=accepted)
         log.info("validated %s on %s: gain %.2f%%", candidate.prompt.ref, target.describe(), 100 * measurement.relative_gain)
         measured.append(candidate.prompt.id)
-    reranked = registry.candidates(target)
+    reranked = registry.candidates(target, eval_key=eval_key)
     accepted_first = [c for c in reranked if c.tier == MEASURED]
     return Resolution(
         target=target,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .db import crud
 from .db.engine import Database
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt
+from .identity import LEGACY, SPEC_KINDS
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .recovery import gap_recovered
@@ -209,11 +210,15 @@ class Registry:
 
     # --- matching ------------------------------------------------------------------------------------------------
 
-    def candidates(self, target: Target, *, limit: int = DEFAULT_CANDIDATES) -> list[Candidate]:
+    def candidates(
+        self, target: Target, *, limit: int = DEFAULT_CANDIDATES, eval_key: str | None = None
+    ) -> list[Candidate]:
         """The best ``limit`` compatible, non-deprecated prompts for ``target``, ranked; ``NoCompatiblePrompt`` if none.
 
         The database returns the head of the metadata order; prompts with evidence on this target join it, and the
-        matcher ranks the union, which is exactly the head of the full ranking.
+        matcher ranks the union, which is exactly the head of the full ranking. Evidence counts only when it was
+        measured on this target: the same identity when ``target.identity`` is set (a user's checkpoint or loaded
+        model), else a ctpreg-compressed model of the spec; with ``eval_key``, only on those windows.
         """
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
@@ -224,7 +229,11 @@ class Registry:
             self._known_models[target.model] = base
             spec = target.spec
             evidence = (
-                crud.evidence_for(session, target_model=target.model, target_compression=spec.canonical)
+                crud.evidence_for(
+                    session, target_model=target.model, target_compression=spec.canonical,
+                    target_key=target.identity, target_kinds=None if target.identity else SPEC_KINDS,
+                    eval_key=eval_key,
+                )
                 if spec is not None else []
             )
             measured = {e.prompt_id for e in evidence}
@@ -241,10 +250,36 @@ class Registry:
         with self.db.session() as session:
             return crud.evidence_for(session, target_model=model)
 
+    def models_with_fingerprint(self, fingerprint: str) -> list[BaseModelRecord]:
+        """Registered base models of one embedding-space class (what a loaded model or checkpoint can use)."""
+        with self.db.session() as session:
+            return crud.base_models_by_fingerprint(session, fingerprint=fingerprint)
+
+    def base_model_for(self, fingerprint: str, wanted: str | None = None) -> str:
+        """The registered base model a model of this fingerprint is (``wanted`` chooses among several)."""
+        names = [m.name for m in self.models_with_fingerprint(fingerprint)]
+        if wanted is not None:
+            if wanted not in names:
+                known = ", ".join(names) or "none"
+                raise InvalidInput(
+                    f"{wanted!r} is not a registered model of this embedding space (registered with it: {known})"
+                )
+            return wanted
+        if not names:
+            raise NoCompatiblePrompt(f"no registered base model has fingerprint {fingerprint[:19]}…, so no prompt fits")
+        if len(names) > 1:
+            raise InvalidInput(f"several registered models share this embedding space ({', '.join(names)}); "
+                               "say which with --model / model_name=")
+        return names[0]
+
     def record_evidence(self, target: Target, prompt: PromptRecord, measurement: Measurement, *, accepted: bool) -> None:
         spec = target.spec
         if spec is None:
             raise InvalidInput("evidence needs a fully specified target compression (method and level)")
+        if target.identity is not None and measurement.target_key != target.identity:
+            if measurement.target_key != LEGACY:
+                raise InvalidInput(f"measurement of {measurement.target_key} cannot be evidence for {target.identity}")
+            measurement = replace(measurement, target_key=target.identity)
         with self.db.session(write=True) as session:
             crud.add_evidence(
                 session, prompt_id=prompt.id, target_model=target.model, target_compression=spec.canonical,

@@ -12,7 +12,7 @@ from ctpreg.trainer.compress import CompressionCache, compress
 from ctpreg.trainer.compress.magnitude import magnitude_mask
 from ctpreg.trainer.compress.modules import sparsity
 from ctpreg.trainer.evaluate import perplexity
-from ctpreg.trainer.models import decoder_linears
+from ctpreg.registry.prompted import decoder_linears
 from ctpreg.trainer.prompt import mean_nll
 from tiny import tiny_llama
 

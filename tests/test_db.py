@@ -88,3 +88,46 @@ def test_upgrade_to_0002_fills_recovery_from_metrics(empty_db_url: str) -> None:
     downgrade(db.engine, "0001_initial")
     upgrade(db.engine)
     db.dispose()
+
+
+def test_upgrade_to_0003_keeps_old_evidence_labelled_legacy(empty_db_url: str) -> None:
+    from ctpreg.registry.matcher import Target
+    from ctpreg.registry.service import Registry
+    from ctpreg.registry.stores.local import LocalStore
+
+    db = Database(empty_db_url)
+    upgrade(db.engine, "0002_prompt_recovery")
+    now = "2026-11-29 00:00:00+00:00"
+    with db.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO base_model (name, fingerprint, hidden_size, created_at) VALUES ('m', 'sha256:x', 8, :now)"
+        ), {"now": now})
+        conn.execute(text(
+            "INSERT INTO prompt (name, version, base_model_id, compression, method, bits, dataset, num_virtual_tokens,"
+            " hidden_size, dtype, sha256, size_bytes, object_key, metrics, training, created_at, created_by, deprecated)"
+            " VALUES ('p', 1, 1, 'gptq-w3-g128', 'gptq', 3, 'wiki', 4, 8, 'float32', :sha, 1, 'k', '{}', '{}',"
+            " :now, 't', false)"
+        ), {"sha": "0" * 64, "now": now})
+        conn.execute(text(
+            "INSERT INTO transfer_result (prompt_id, target_model_id, target_compression, eval_dataset, eval_tokens,"
+            " ppl_without, ppl_with, relative_gain, accepted, measured_at)"
+            " VALUES (1, 1, 'gptq-w4-g128', 'news/validation', 5000, 40.0, 30.0, 0.25, true, :now)"
+        ), {"now": now})
+    upgrade(db.engine)
+    with db.engine.connect() as conn:
+        row = conn.execute(text("SELECT target_key, eval_key, ppl_with FROM transfer_result")).one()
+    assert tuple(row) == ("legacy", "legacy:news/validation", 30.0)
+    registry = Registry(Database(empty_db_url), LocalStore(Path("/nonexistent-store")))
+    [old] = registry.evidence("m")
+    assert old.measurement.eval_key == "legacy:news/validation" and old.measurement.eval_data is None
+    assert "windows not recorded" in old.measurement.describe_data()
+    spec_target = Target(model="m", method="gptq", bits=4)
+    assert registry.candidates(spec_target)[0].tier == 1, "old evidence still serves a resolve by spec"
+    checkpoint = Target(model="m", method="gptq", bits=4, identity="checkpoint:" + "a" * 64)
+    assert registry.candidates(checkpoint)[0].tier != 1, "but is never taken for a measurement on a user's checkpoint"
+    registry.db.dispose()
+    downgrade(db.engine, "0002_prompt_recovery")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT ppl_with FROM transfer_result")).scalar() == 30.0
+    upgrade(db.engine)
+    db.dispose()

@@ -6,8 +6,9 @@ import pytest
 
 from ctpreg.registry.errors import InvalidInput, NoCompatiblePrompt, NoHelpfulPrompt
 from ctpreg.registry.matcher import EXACT, MEASURED, OTHER_FAMILY, REJECTED, SAME_FAMILY, Target, rank
+from ctpreg.registry.identity import EvalData
 from ctpreg.registry.records import Measurement, PromptRecord
-from ctpreg.registry.resolver import resolve
+from ctpreg.registry.resolver import ValidationScope, resolve
 from ctpreg.registry.service import Registry
 from helpers import FP_A, FP_B, artifact_bytes
 
@@ -81,15 +82,28 @@ def test_every_candidate_explains_itself() -> None:
 # --- resolver with evidence ----------------------------------------------------------------------------------
 
 
+def windows_of(label: str) -> EvalData:
+    return EvalData(corpus=label, split="validation", seq_len=256, windows=20, token_digest=label * 8)
+
+
 class CountingValidator:
-    def __init__(self, gains: dict[str, float]) -> None:
+    """Measures by a table of gains, on a target identity and windows of the test's choosing."""
+
+    def __init__(self, gains: dict[str, float], *, target_key: str = "compressed:" + "ab" * 32,
+                 data: EvalData | None = None) -> None:
         self.gains = gains
         self.calls: list[str] = []
+        self.target_key = target_key
+        self.data = data or windows_of("news")
+
+    def scope(self, target) -> ValidationScope:
+        return ValidationScope(self.target_key, self.data)
 
     def __call__(self, artifact, target) -> Measurement:
         key = artifact.metadata.compression.canonical
         self.calls.append(key)
-        return Measurement(ppl_without=50.0, ppl_with=50.0 * (1 - self.gains[key]), eval_dataset="news", eval_tokens=1000)
+        return Measurement(ppl_without=50.0, ppl_with=50.0 * (1 - self.gains[key]), eval_dataset=self.data.label,
+                           eval_tokens=1000, target_key=self.target_key, eval_data=self.data)
 
 
 def _populate(registry: Registry) -> None:
@@ -113,6 +127,37 @@ def test_validation_records_evidence_and_the_next_resolve_reuses_it(registry: Re
     assert tiers == {"gptq-w2-g128": MEASURED, "gptq-w3-g128": MEASURED, "sparsegpt-s50": REJECTED}
     resolve(registry, target, validator=validator, revalidate=True)
     assert len(validator.calls) == 6
+
+
+def test_evidence_is_reused_only_on_the_same_windows(registry: Registry) -> None:
+    _populate(registry)
+    target = Target(model="tiny-llama", method="gptq", bits=4)
+    gains = {"gptq-w3-g128": 0.05, "gptq-w2-g128": 0.20, "sparsegpt-s50": 0.0}
+    on_news = CountingValidator(gains)
+    resolve(registry, target, validator=on_news)
+    on_text = CountingValidator(gains, data=windows_of("my-text"))
+    again = resolve(registry, target, validator=on_text)
+    assert len(on_text.calls) == 3, "evidence measured on news must not stand in for other windows"
+    assert again.served.measurement.eval_data == windows_of("my-text")
+    assert "my-text/validation, 20x256 tokens" in again.served.explanation
+    keys = {e.measurement.eval_key for e in registry.evidence("tiny-llama")}
+    assert keys == {windows_of("news").key, windows_of("my-text").key}
+
+
+def test_evidence_on_a_checkpoint_serves_that_checkpoint_only(registry: Registry) -> None:
+    _populate(registry)
+    spec_target = Target(model="tiny-llama", method="gptq", bits=4)
+    checkpoint = "checkpoint:" + "cd" * 32
+    gains = {"gptq-w3-g128": 0.05, "gptq-w2-g128": 0.20, "sparsegpt-s50": 0.0}
+    validator = CountingValidator(gains, target_key=checkpoint)
+    served = resolve(registry, spec_target, validator=validator).served
+    assert served.tier == MEASURED and served.measurement.target_key == checkpoint
+    mine = resolve(registry, Target(model="tiny-llama", method="gptq", bits=4, identity=checkpoint))
+    assert mine.served.tier == MEASURED and mine.served.prompt.compression == "gptq-w2-g128"
+    theirs = resolve(registry, spec_target)
+    assert all(c.tier != MEASURED for c in theirs.candidates), "a user's checkpoint is not every gptq-w4 model"
+    other = resolve(registry, Target(model="tiny-llama", method="gptq", bits=4, identity="checkpoint:" + "ef" * 32))
+    assert all(c.tier != MEASURED for c in other.candidates)
 
 
 def test_a_prompt_that_hurts_is_never_served(registry: Registry) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ctpreg.registry.errors import InvalidInput, MissingExtra
+from ctpreg.registry.prompted import cut_windows
 
 VALIDATION_EVERY = 10
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -163,8 +164,8 @@ def make_windows(
     train_docs, validation_docs = corpus.split()
     if not validation_docs:
         validation_docs, train_docs = train_docs[-1:], train_docs[:-1]
-    train = _windows(tokenizer, train_docs, seq_len, max_train, f"{corpus.name} train")
-    validation = _spread(_windows(tokenizer, validation_docs, seq_len, None, f"{corpus.name} validation"), max_validation)
+    train = cut_windows(tokenizer, train_docs, seq_len, max_train, f"{corpus.name} train")
+    validation = _spread(cut_windows(tokenizer, validation_docs, seq_len, None, f"{corpus.name} validation"), max_validation)
     return TokenWindows(train=train, validation=validation, seq_len=seq_len, corpus=corpus.name)
 
 
@@ -177,20 +178,4 @@ def _spread(windows: torch.Tensor, limit: int | None) -> torch.Tensor:
 
 def all_windows(tokenizer: Any, corpus: Corpus, *, seq_len: int, limit: int | None = None) -> torch.Tensor:
     """Every document, unsplit (for evaluating on a user's own text file)."""
-    return _windows(tokenizer, list(corpus.documents), seq_len, limit, corpus.name)
-
-
-def _windows(tokenizer: Any, documents: list[str], seq_len: int, limit: int | None, label: str) -> torch.Tensor:
-    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    ids: list[int] = []
-    for doc in documents:
-        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
-        ids.extend(separator)
-        if limit is not None and len(ids) >= limit * seq_len:
-            break
-    count = len(ids) // seq_len
-    if count == 0:
-        raise InvalidInput(f"{label} has {len(ids)} tokens, fewer than one window of {seq_len}")
-    if limit is not None:
-        count = min(count, limit)
-    return torch.tensor(ids[: count * seq_len], dtype=torch.long).view(count, seq_len)
+    return cut_windows(tokenizer, list(corpus.documents), seq_len, limit, corpus.name)

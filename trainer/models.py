@@ -104,13 +104,3 @@ def export_checkpoint(loaded: LoadedModel, folder: Path) -> Path:
     loaded.tokenizer.save_pretrained(tmp)
     tmp.rename(folder)
     return folder
-
-
-def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The Linear layers inside the transformer blocks (what compression touches; never embeddings or LM head)."""
-    head = model.get_output_embeddings()
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module is not head and ".layers." in f".{name}":
-            layers[name] = module
-    return layers

@@ -67,6 +67,21 @@ def compress_loaded(loaded: LoadedModel, config: CompressConfig, home: Path) -> 
     )
 
 
+def save_compressed(loaded: LoadedModel, compressed: CompressedModel, config: CompressConfig, folder: Path) -> Path:
+    """``ctpreg compress --save``: the compressed model as a checkpoint other tools load without ctpreg."""
+    from .checkpoint import save_checkpoint
+
+    spec = config.spec
+    packed = compressed.folder / "gptq" if spec.method == "gptq" and compressed.folder is not None else None
+    record = {
+        "model": loaded.source.slug, "model_fingerprint": loaded.fingerprint, "source": loaded.source.describe(),
+        "calibration": config.calibration if config.needs_calibration else None,
+        "calibration_windows": config.calibration_windows if config.needs_calibration else None,
+        "calibration_sha256": (compressed.identity or {}).get("calibration") or None,
+    }
+    return save_checkpoint(compressed.model, loaded.tokenizer, spec, folder, packed=packed, record=record)
+
+
 @dataclass
 class TrainedPrompt:
     path: Path

@@ -1,8 +1,14 @@
-"""The validator ``ctpreg resolve --validate`` passes to the registry's resolver.
+"""The validators ``ctpreg resolve --validate`` passes to the registry's resolver.
 
-For a target (model, compression) it loads the base model once, compresses a copy of it to the target spec (reusing
-the compression cache), and measures perplexity on validation windows without and with each candidate prompt, on
-the same windows. The registry stays torch-free: it only ever sees this object as a callable.
+Each measures perplexity of one target without and with a candidate prompt on the same windows, and says up front
+(``scope``) what it measures on, so the resolver reuses evidence only for the same target and the same windows:
+
+- ``TargetValidator``: the target is a compression of the base model that ctpreg makes itself (compression cache
+  reused); its identity is the source model, spec and calibration tokens.
+- ``CheckpointValidator``: the target is a checkpoint the user gave (``--target-path``), loaded as it is; its
+  identity is the digest of its weight and config files.
+
+The registry stays torch-free: it only ever sees these objects through the ``Validator`` protocol.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ from typing import Any
 import torch
 
 from ctpreg.registry.artifacts import PromptArtifact
-from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.errors import Conflict, InvalidInput
+from ctpreg.registry.identity import COMPRESSED, EvalData, file_sha256, target_key
 from ctpreg.registry.matcher import Target
+from ctpreg.registry.prompted import window_digest
 from ctpreg.registry.records import Measurement
+from ctpreg.registry.resolver import ValidationScope
 
-from .compress import CompressConfig
+from .checkpoint import LoadedCheckpoint
+from .compress import CompressConfig, CompressionCache
+from .data import all_windows, load_corpus, make_windows
 from .evaluate import perplexity
 from .models import LoadedModel
-from .pipeline import check_compatible, compress_loaded, eval_windows_for, load_base
+from .pipeline import calibration_windows, check_compatible, compress_loaded, load_base
 
 log = logging.getLogger(__name__)
 
@@ -39,56 +50,136 @@ class ValidationConfig:
     model_path: str | None = None
     device: str = "auto"
 
-    @property
-    def label(self) -> str:
-        return str(self.text_file) if self.text_file else f"{self.dataset}/validation"
+    def __post_init__(self) -> None:
+        if self.seq_len < 2 or self.max_windows < 1:
+            raise InvalidInput("validation needs --seq-len >= 2 and --max-windows >= 1")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    windows: torch.Tensor
+    data: EvalData
+
+
+def eval_set(tokenizer: Any, config: ValidationConfig) -> EvalSet:
+    """A dataset's validation split, or every window of a text file, with the identity of exactly those windows."""
+    if config.text_file is not None:
+        path = Path(config.text_file)
+        windows = all_windows(tokenizer, load_corpus(str(path)), seq_len=config.seq_len, limit=config.max_windows)
+        corpus, split, source = path.name, "all", file_sha256(path)
+    else:
+        if config.dataset is None:
+            raise InvalidInput("give a validation dataset or a text file")
+        windows = make_windows(
+            tokenizer, load_corpus(config.dataset), seq_len=config.seq_len, max_train=1,
+            max_validation=config.max_windows,
+        ).validation
+        corpus, split, source = config.dataset, "validation", None
+    data = EvalData(corpus=corpus, split=split, seq_len=config.seq_len, windows=int(windows.shape[0]),
+                    token_digest=window_digest(windows), source_sha256=source)
+    return EvalSet(windows, data)
 
 
 @dataclass
-class _Prepared:
+class _Baseline:
     key: str
     model: Any
-    baseline: float
+    ppl: float
+
+
+class _PerplexityValidator:
+    """Shared measuring: one target model in memory at a time, its unprompted perplexity measured once."""
+
+    config: ValidationConfig
+    calls: int
+    _eval: EvalSet | None
+    _current: _Baseline | None
+
+    def _tokenizer(self, target: Target) -> Any:
+        raise NotImplementedError
+
+    def _target_key(self, target: Target) -> tuple[str, str | None]:
+        raise NotImplementedError
+
+    def _target_model(self, target: Target) -> Any:
+        raise NotImplementedError
+
+    def _check(self, artifact: PromptArtifact, target: Target) -> None:
+        raise NotImplementedError
+
+    def eval_set(self, target: Target) -> EvalSet:
+        if self._eval is None:
+            self._eval = eval_set(self._tokenizer(target), self.config)
+            log.info("validating on %s", self._eval.data.describe())
+        return self._eval
+
+    def scope(self, target: Target) -> ValidationScope:
+        key, source = self._target_key(target)
+        return ValidationScope(key, self.eval_set(target).data, source)
+
+    def __call__(self, artifact: PromptArtifact, target: Target) -> Measurement:
+        self._check(artifact, target)
+        key, source = self._target_key(target)
+        if self._current is None or self._current.key != key:
+            self._current = None  # free the previous target before loading the next
+            model = self._target_model(target)
+            windows = self.eval_set(target).windows
+            baseline = perplexity(model, windows, label=f"validate {target.describe()}").ppl
+            self._current = _Baseline(key, model, baseline)
+        windows, data = self.eval_set(target).windows, self.eval_set(target).data
+        prompt = torch.from_numpy(artifact.embeddings.astype("float32"))
+        with_prompt = perplexity(self._current.model, windows, prompt=prompt, label="validate prompted")
+        self.calls += 1
+        return Measurement(
+            ppl_without=self._current.ppl, ppl_with=with_prompt.ppl, eval_dataset=data.label,
+            eval_tokens=with_prompt.tokens, target_key=key, eval_data=data, target_source=source,
+        )
 
 
 @dataclass
-class TargetValidator:
-    """Callable ``(artifact, target) -> Measurement``; keeps the base model and the current target in memory."""
+class TargetValidator(_PerplexityValidator):
+    """Validates on a compression of the base model made here; keeps the base model and one target in memory."""
 
     config: ValidationConfig
     home: Path
     base: LoadedModel | None = None
     calls: int = 0
-    _windows: torch.Tensor | None = None
-    _prepared: _Prepared | None = None
+    _eval: EvalSet | None = None
+    _current: _Baseline | None = None
+    _keys: dict[str, str] = field(default_factory=dict)
     _full: dict[str, float] = field(default_factory=dict)
-
-    def __call__(self, artifact: PromptArtifact, target: Target) -> Measurement:
-        prepared = self._prepare(target)
-        check_compatible(self._base(target.model), artifact.metadata)
-        prompt = torch.from_numpy(artifact.embeddings.astype("float32"))
-        with_prompt = perplexity(prepared.model, self.windows(target.model), prompt=prompt, label="validate prompted")
-        self.calls += 1
-        return Measurement(
-            ppl_without=prepared.baseline, ppl_with=with_prompt.ppl, eval_dataset=self.config.label,
-            eval_tokens=with_prompt.tokens,
-        )
 
     def full_perplexity(self, model_name: str) -> float:
         """The uncompressed base model on the same windows (for reports)."""
         if model_name not in self._full:
-            base = self._base(model_name)
-            self._full[model_name] = perplexity(base.model, self.windows(model_name), label="validate full").ppl
+            target = Target(model=model_name)
+            windows = self.eval_set(target).windows
+            self._full[model_name] = perplexity(self._base(model_name).model, windows, label="validate full").ppl
         return self._full[model_name]
 
-    def windows(self, model_name: str) -> torch.Tensor:
-        if self._windows is None:
-            cfg = self.config
-            self._windows = eval_windows_for(
-                self._base(model_name), dataset=None if cfg.text_file else cfg.dataset, text_file=cfg.text_file,
-                seq_len=cfg.seq_len, max_windows=cfg.max_windows,
-            )
-        return self._windows
+    def _compress_config(self, target: Target) -> CompressConfig:
+        spec = target.spec
+        if spec is None:
+            raise InvalidInput("validation needs a fully specified target compression")
+        return CompressConfig(spec, calibration=self.config.calibration, calibration_windows=self.config.calibration_windows)
+
+    def _tokenizer(self, target: Target) -> Any:
+        return self._base(target.model).tokenizer
+
+    def _target_key(self, target: Target) -> tuple[str, str | None]:
+        config = self._compress_config(target)
+        if config.spec.canonical not in self._keys:
+            base = self._base(target.model)
+            parts = CompressionCache.identity(base, config.spec, calibration_windows(base, config))
+            self._keys[config.spec.canonical] = target_key(COMPRESSED, parts)
+        return self._keys[config.spec.canonical], None
+
+    def _target_model(self, target: Target) -> Any:
+        working = copy.deepcopy(self._base(target.model))
+        return compress_loaded(working, self._compress_config(target), self.home).model
+
+    def _check(self, artifact: PromptArtifact, target: Target) -> None:
+        check_compatible(self._base(target.model), artifact.metadata)
 
     def _base(self, model_name: str) -> LoadedModel:
         if self.base is None:
@@ -97,19 +188,27 @@ class TargetValidator:
             raise InvalidInput(f"this validator holds {self.base.source.slug}, not {model_name}")
         return self.base
 
-    def _prepare(self, target: Target) -> _Prepared:
-        spec = target.spec
-        if spec is None:
-            raise InvalidInput("validation needs a fully specified target compression")
-        key = f"{target.model}/{spec.canonical}"
-        if self._prepared is None or self._prepared.key != key:
-            self._prepared = None  # free the previous target before compressing the next
-            working = copy.deepcopy(self._base(target.model))
-            cfg = self.config
-            compressed = compress_loaded(
-                working, CompressConfig(spec, calibration=cfg.calibration, calibration_windows=cfg.calibration_windows),
-                self.home,
-            )
-            baseline = perplexity(compressed.model, self.windows(target.model), label=f"validate {spec.canonical}").ppl
-            self._prepared = _Prepared(key, compressed.model, baseline)
-        return self._prepared
+
+@dataclass
+class CheckpointValidator(_PerplexityValidator):
+    """Validates on a checkpoint the user gave, loaded as it is (see ``trainer.checkpoint``)."""
+
+    config: ValidationConfig
+    checkpoint: LoadedCheckpoint
+    calls: int = 0
+    _eval: EvalSet | None = None
+    _current: _Baseline | None = None
+
+    def _tokenizer(self, target: Target) -> Any:
+        return self.checkpoint.tokenizer
+
+    def _target_key(self, target: Target) -> tuple[str, str | None]:
+        return self.checkpoint.target.identity, str(self.checkpoint.path)
+
+    def _target_model(self, target: Target) -> Any:
+        return self.checkpoint.model
+
+    def _check(self, artifact: PromptArtifact, target: Target) -> None:
+        if artifact.metadata.model_fingerprint != self.checkpoint.target.fingerprint:
+            raise Conflict(f"prompt learned for {artifact.metadata.model} does not share the embedding space of "
+                           f"{self.checkpoint.path}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ctpreg.registry.compression import build_spec
+from ctpreg.registry.errors import InvalidInput
 
 from ..options import BitsOption, GroupSizeOption, JsonFlag, SparsityOption
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
@@ -45,23 +46,33 @@ def compress(
     calibration_windows: CalibrationWindowsOption = 32,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
+    save: Annotated[Path | None, typer.Option("--save", help="Also write the compressed model to this new folder as a standard checkpoint (GPTQ: GPTQModel's packed format; pruning: dense weights with zeros), tokenizer included.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compress a model and cache the result (keyed by model, spec and calibration data) for train and eval."""
+    """Compress a model and cache the result (keyed by model, spec and calibration data) for train and eval.
+
+    Example: ctpreg compress --model smollm2-135m --method gptq --bits 3 --save ./smollm2-gptq-w3
+    """
     config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
+    if save is not None and save.exists() and (not save.is_dir() or any(save.iterdir())):
+        raise InvalidInput(f"--save {save} exists and is not an empty folder; nothing written")
     show_logs()
     with stdout_to_stderr():
         pipeline = _trainer()
         loaded = pipeline.load_base(model, model_path=model_path, device=device)
         compressed = pipeline.compress_loaded(loaded, config, state(ctx).settings.home)
+        saved = pipeline.save_compressed(loaded, compressed, config, save) if save is not None else None
     report = {
         "model": model, "compression": config.spec.canonical, "severity_bits": config.spec.severity,
         "seconds": round(compressed.seconds, 1), "from_cache": compressed.from_cache,
+        "saved": str(saved) if saved else None,
     }
     if as_json:
         emit_json(report)
     else:
         info(f"{model} {config.spec.canonical}: {'cached' if compressed.from_cache else 'compressed'} in {compressed.seconds:.1f}s")
+        if saved:
+            info(f"checkpoint written to {saved}")
 
 
 def train(

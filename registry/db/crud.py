@@ -13,10 +13,12 @@ from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, func, select
+from sqlalchemy import Select, bindparam, delete, func, or_, select
 from sqlmodel import Session
 
 from ..errors import Conflict, DatabaseError, NotFound
+from ..identity import LEGACY as LEGACY_KEY
+from ..identity import EvalData
 from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from ..matcher import Target
 from ..refs import LATEST, PromptRef
@@ -66,6 +68,13 @@ def _to_record(row: Any, aliases: Iterable[str] = ()) -> PromptRecord:
 def get_base_model(session: Session, *, name: str) -> BaseModelRecord | None:
     row = session.execute(select(BaseModelRow).where(BaseModelRow.name == name)).scalars().first()
     return _to_base_record(row) if row else None
+
+
+def base_models_by_fingerprint(session: Session, *, fingerprint: str) -> list[BaseModelRecord]:
+    rows = session.execute(
+        select(BaseModelRow).where(BaseModelRow.fingerprint == fingerprint).order_by(BaseModelRow.name)
+    ).scalars().all()
+    return [_to_base_record(row) for row in rows]
 
 
 def list_base_models(session: Session) -> list[BaseModelRecord]:
@@ -322,7 +331,9 @@ def add_evidence(
             prompt_id=prompt_id, target_model_id=target.id, target_compression=target_compression,
             eval_dataset=measurement.eval_dataset, eval_tokens=measurement.eval_tokens,
             ppl_without=measurement.ppl_without, ppl_with=measurement.ppl_with,
-            relative_gain=measurement.relative_gain, accepted=accepted,
+            relative_gain=measurement.relative_gain, accepted=accepted, target_key=measurement.target_key,
+            target_source=measurement.target_source, eval_key=measurement.eval_key,
+            eval_data=measurement.eval_data.to_dict() if measurement.eval_data else None,
         )
     )
 
@@ -336,19 +347,39 @@ _EVIDENCE_QUERY = (
     .where(_base.c.name == bindparam("target_model"))
     .order_by(_result.c.measured_at, _result.c.id)
 )
-_EVIDENCE_FOR_TARGET = _EVIDENCE_QUERY.where(_result.c.target_compression == bindparam("target_compression"))
 
 
-def evidence_for(session: Session, *, target_model: str, target_compression: str | None = None) -> list[Evidence]:
-    """Measurements on ``target_model`` (optionally one compression of it), oldest first."""
-    statement = _EVIDENCE_QUERY if target_compression is None else _EVIDENCE_FOR_TARGET
-    rows = session.connection().execute(
-        statement, {"target_model": target_model, "target_compression": target_compression}
-    )
+def evidence_for(
+    session: Session,
+    *,
+    target_model: str,
+    target_compression: str | None = None,
+    target_key: str | None = None,
+    target_kinds: Sequence[str] | None = None,
+    eval_key: str | None = None,
+) -> list[Evidence]:
+    """Measurements on ``target_model``, oldest first; optionally only one compression of it, one target identity
+    (``target_key``) or identities of some kinds (``target_kinds``), and one evaluation data set (``eval_key``)."""
+    statement = _EVIDENCE_QUERY
+    if target_compression is not None:
+        statement = statement.where(_result.c.target_compression == target_compression)
+    if target_key is not None:
+        statement = statement.where(_result.c.target_key == target_key)
+    elif target_kinds is not None:
+        statement = statement.where(
+            or_(*[_result.c.target_key == kind for kind in target_kinds if kind == LEGACY_KEY],
+                *[_result.c.target_key.startswith(f"{kind}:") for kind in target_kinds if kind != LEGACY_KEY])
+        )
+    if eval_key is not None:
+        statement = statement.where(_result.c.eval_key == eval_key)
+    rows = session.connection().execute(statement, {"target_model": target_model})
     return [
         Evidence(
             prompt_id=row.prompt_id, target_model=row.target_name, target_compression=row.target_compression,
-            measurement=Measurement(row.ppl_without, row.ppl_with, row.eval_dataset, row.eval_tokens),
+            measurement=Measurement(
+                row.ppl_without, row.ppl_with, row.eval_dataset, row.eval_tokens, target_key=row.target_key,
+                eval_data=EvalData.from_dict(row.eval_data) if row.eval_data else None, target_source=row.target_source,
+            ),
             accepted=row.accepted, measured_at=row.measured_at, prompt_ref=f"{row.prompt_name}:{row.version}",
         )
         for row in rows

@@ -82,10 +82,14 @@ class AliasRow(SQLModel, table=True):
 
 
 class TransferResultRow(SQLModel, table=True):
-    """Evidence: a prompt measured on a target (model, compression) with and without it."""
+    """Evidence: a prompt measured on a target with and without it, naming the target and the windows measured.
+
+    ``target_key`` / ``eval_key`` follow ``registry.identity``; rows from before targets were identified carry
+    ``legacy`` and ``legacy:<eval_dataset>``.
+    """
 
     __tablename__ = "transfer_result"
-    __table_args__ = (Index("ix_transfer_target", "target_model_id", "target_compression"),)
+    __table_args__ = (Index("ix_transfer_target", "target_model_id", "target_compression", "target_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
     prompt_id: int = Field(sa_column=Column(Integer, ForeignKey("prompt.id"), nullable=False, index=True))
@@ -98,3 +102,7 @@ class TransferResultRow(SQLModel, table=True):
     relative_gain: float
     accepted: bool
     measured_at: datetime = _timestamp()
+    target_key: str = Field(default="legacy", max_length=80)
+    target_source: str | None = Field(default=None, max_length=1024)
+    eval_key: str = Field(max_length=300)
+    eval_data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

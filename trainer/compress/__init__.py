@@ -30,8 +30,9 @@ from torch import nn
 
 from ctpreg.registry.compression import QUANTIZATION, CompressionSpec
 from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.prompted import decoder_linears
 
-from ..models import LoadedModel, decoder_linears, export_checkpoint, freeze
+from ..models import LoadedModel, export_checkpoint, freeze
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,25 @@ class CompressedModel:
     spec: CompressionSpec
     seconds: float
     from_cache: bool
+    folder: Path | None = None  # the cache folder (GPTQ's packed checkpoint is ``folder / "gptq"``)
+    identity: dict[str, str] | None = None  # what the cache key hashes: source, fingerprint, spec, calibration
 
 
 class CompressionCache:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def folder(self, loaded: LoadedModel, spec: CompressionSpec, calibration: torch.Tensor | None) -> Path:
-        parts = {
+    @staticmethod
+    def identity(loaded: LoadedModel, spec: CompressionSpec, calibration: torch.Tensor | None) -> dict[str, str]:
+        """What decides a compressed model's weights: the base model, the spec and the calibration tokens."""
+        return {
             "model": loaded.source.slug, "source": loaded.source.describe(), "fingerprint": loaded.fingerprint,
             "spec": spec.canonical,
             "calibration": hashlib.sha256(calibration.numpy().tobytes()).hexdigest() if calibration is not None else "",
         }
+
+    def folder(self, loaded: LoadedModel, spec: CompressionSpec, calibration: torch.Tensor | None) -> Path:
+        parts = self.identity(loaded, spec, calibration)
         key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
         return self.root / loaded.source.slug / f"{spec.canonical}-{key}"
 
@@ -83,8 +91,9 @@ def compress(
 ) -> CompressedModel:
     """Compress ``loaded.model`` in place (or replace it, for GPTQ) and return the frozen result."""
     started = time.perf_counter()
+    identity = cache.identity(loaded, spec, calibration)
     if spec.method == "none":
-        return CompressedModel(loaded.model, spec, 0.0, False)
+        return CompressedModel(loaded.model, spec, 0.0, False, identity=identity)
     folder = cache.folder(loaded, spec, calibration)
     from_cache = (folder / "done").is_file()
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +103,7 @@ def compress(
     if spec.family == QUANTIZATION:
         model = _quantize(loaded, spec, calibration, folder, gptq_batch_size)
     (folder / "done").touch()
-    return CompressedModel(freeze(model), spec, time.perf_counter() - started, from_cache)
+    return CompressedModel(freeze(model), spec, time.perf_counter() - started, from_cache, folder, identity)
 
 
 def _prune(loaded: LoadedModel, spec: CompressionSpec, calibration: torch.Tensor | None, folder: Path) -> nn.Module:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ctpreg.registry.compression import CompressionSpec
+from ctpreg.registry.prompted import decoder_linears
 
-from ..models import decoder_linears
 from .modules import replace_module
 
 

@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from ctpreg.registry.compression import CompressionSpec
-
-from ..models import decoder_linears
+from ctpreg.registry.prompted import decoder_linears
 
 
 def magnitude_mask(weight: torch.Tensor, *, sparsity: float | None = None, n: int | None = None, m: int | None = None) -> torch.Tensor:

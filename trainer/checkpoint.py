@@ -1,0 +1,120 @@
+"""A user's compressed checkpoint, loaded as it is (never re-compressed), and the standard checkpoints ctpreg writes.
+
+Loading: GPTQ folders (GPTQModel's format, or transformers + optimum's: ``quantization_config`` in ``config.json``)
+through GPTQModel's torch kernel, exactly as GPTQModel serves them on CPU; everything else (compressed-tensors,
+bitsandbytes, plain pruned weights) through ``AutoModelForCausalLM``, which decompresses compressed-tensors on load.
+What the checkpoint is (fingerprint, compression, identity) is read from it by ``registry.attach.describe_loaded``,
+the same code the load-time attach uses.
+
+Writing (``ctpreg compress --save``): GPTQ as GPTQModel's packed checkpoint, pruning as a dense HF folder with zeros;
+both with the tokenizer and a ``ctpreg.json`` recording the canonical spec, model and calibration, so nothing about
+the target has to be restated later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctpreg.registry.attach import LoadedTarget, describe_loaded
+from ctpreg.registry.compression import QUANTIZATION, CompressionSpec
+from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.inference import RECORD_FILE
+
+from .models import freeze, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: Any
+    tokenizer: Any
+    target: LoadedTarget
+    path: Path
+
+
+def _config(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise InvalidInput(f"--target-path {path} is not a folder holding a checkpoint (config.json + weights)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InvalidInput(f"{path} has no config.json: not a transformers/GPTQModel checkpoint folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{config_file} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{config_file} must hold a JSON object")
+    if not any(path.glob("*.safetensors")):
+        raise InvalidInput(f"{path} holds no .safetensors weights (ctpreg loads weights through safetensors only)")
+    return config
+
+
+def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str | None = None) -> LoadedCheckpoint:
+    """Load ``path`` as it is and describe it; a clear ``InvalidInput`` for anything that is not a checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path).expanduser().resolve()
+    config = _config(folder)
+    quant_method = str((config.get("quantization_config") or {}).get("quant_method", "")).lower()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{folder} has no usable tokenizer (the fingerprint needs it): {exc}") from None
+    log.info("loading %s as it is (%s)", folder, quant_method or "no quantization_config")
+    if quant_method == "gptq":
+        from .compress.gptq import load_packed
+
+        model = load_packed(folder)
+    else:
+        target = resolve_device(device)
+        kwargs: dict[str, Any] = {"use_safetensors": True}
+        if not quant_method:
+            kwargs["dtype"] = torch.float32 if target.type == "cpu" else torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        if not quant_method:
+            model.to(target)
+    freeze(model)
+    return LoadedCheckpoint(model, tokenizer, describe_loaded(model, tokenizer, folder=folder, method_hint=method_hint),
+                            folder)
+
+
+def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: Path, *, packed: Path | None,
+                    record: dict[str, Any]) -> Path:
+    """Write the compressed model to ``folder`` as a standard checkpoint (temp folder, then rename).
+
+    GPTQ copies GPTQModel's packed checkpoint (``packed``); pruning saves the dense weights with their zeros. Joint
+    quantization + pruning and bitsandbytes have no such form here: joint specs run as dense fake-quant weights with
+    a mask GPTQ's packing does not keep, and bitsandbytes quantizes at load time (load the base checkpoint with a
+    ``BitsAndBytesConfig``).
+    """
+    if spec.family == QUANTIZATION and spec.prune_method is not None:
+        raise InvalidInput(f"--save does not support joint {spec.canonical}: GPTQ's packed format cannot keep the mask")
+    if spec.method.startswith("bnb-"):
+        raise InvalidInput("--save does not write bitsandbytes models: bitsandbytes quantizes at load time; save the "
+                           "base model and load it with transformers' BitsAndBytesConfig")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InvalidInput(f"--save {folder} exists and is not an empty folder; nothing written")
+    tmp = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if packed is not None:
+            shutil.copytree(packed, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RECORD_FILE).write_text(json.dumps({"compression": spec.canonical, **record}, indent=2) + "\n")
+        if folder.exists():
+            folder.rmdir()
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
