@@ -26,7 +26,7 @@ from .compression import CompressionSpec
 from .errors import Conflict, InvalidInput
 from .fingerprint import embedding_fingerprint
 from .identity import EvalData, checkpoint_key, digest_json, memory_key
-from .inference import CheckpointFacts, infer_compression, measure_sparsity
+from .inference import CheckpointFacts, infer_compression, measure_sparsity, quant_method_of
 from .records import Measurement
 from .resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K, ValidationScope
 
@@ -87,7 +87,7 @@ def describe_loaded(
     facts = CheckpointFacts(quantization_config=loaded_config)
     if folder is not None:
         on_disk = CheckpointFacts.from_folder(folder)
-        same_load = _quant_method(on_disk.quantization_config) == _quant_method(loaded_config)
+        same_load = quant_method_of(on_disk.quantization_config) == quant_method_of(loaded_config)
         # The folder's records describe its files; a model quantized differently at load time is something else.
         facts = on_disk if same_load else CheckpointFacts(loaded_config, recipe_methods=on_disk.recipe_methods)
     stats = measure_sparsity(layer.weight for layer in decoder_linears(model).values())
@@ -98,10 +98,6 @@ def describe_loaded(
         named = [*model.state_dict().items()]
         identity, source = memory_key(named, spec.canonical), f"in-memory {type(model).__name__}"
     return LoadedTarget(fingerprint, vocab_size, hidden, spec, identity, source)
-
-
-def _quant_method(config: Any) -> str | None:
-    return str(config.get("quant_method", "")).lower() or None if config else None
 
 
 @dataclass

@@ -35,6 +35,10 @@ _RECIPE_METHODS = {
 _NM_PATTERNS = ((2, 4), (4, 8))
 
 
+class NeedsMeasurement(InvalidInput):
+    """The files alone do not tell the compression: the weights must be loaded and measured."""
+
+
 @dataclass(frozen=True)
 class SparsityStats:
     """Zeros in the decoder's Linear weights: the overall fraction, and an n:m pattern when every group obeys it."""
@@ -106,6 +110,15 @@ def _level(sparsity: float) -> float:
     return whole if abs(sparsity - whole) < 0.002 else round(sparsity, 4)
 
 
+def quant_method_of(config: Mapping[str, Any] | None) -> str | None:
+    """``quant_method`` of a quantization config (transformers stores an enum whose value is the string)."""
+    if not config:
+        return None
+    value = config.get("quant_method")
+    value = getattr(value, "value", value)
+    return str(value).lower() if value else None
+
+
 def infer_compression(
     facts: CheckpointFacts, *, sparsity: SparsityStats | None = None, method_hint: str | None = None
 ) -> CompressionSpec:
@@ -113,7 +126,7 @@ def infer_compression(
     if facts.recorded is not None:
         return parse_compression(facts.recorded)
     config = dict(facts.quantization_config or {})
-    quant_method = str(config.get("quant_method", "")).lower() if config else ""
+    quant_method = quant_method_of(config)
     if quant_method == "gptq":
         return _gptq(config)
     if quant_method == "bitsandbytes":
@@ -179,7 +192,7 @@ def _compressed_tensors(
     recorded = sparse.get("global_sparsity")
     nm = structure if re.fullmatch(r"\d+:\d+", structure) else None
     if nm is None and stats is None and not isinstance(recorded, (int, float)):
-        raise InvalidInput("the checkpoint is sparse but records no sparsity and its weights were not measured")
+        raise NeedsMeasurement("the checkpoint is sparse but records no sparsity and its weights were not measured")
     level = stats.sparsity if stats is not None else float(recorded)
     pruner = _pruning_method(facts, hint)
     if quant:
@@ -201,7 +214,7 @@ def _pruning_method(facts: CheckpointFacts, hint: str | None) -> str:
 
 def _pruned_or_dense(facts: CheckpointFacts, stats: SparsityStats | None, hint: str | None) -> CompressionSpec:
     if stats is None:
-        raise InvalidInput("the checkpoint records no compression and its weights could not be measured")
+        raise NeedsMeasurement("the checkpoint records no compression and its weights could not be measured")
     if stats.sparsity < MIN_PRUNED_SPARSITY and stats.nm is None:
         return CompressionSpec()
     pruner = _pruning_method(facts, hint)

@@ -25,7 +25,9 @@ import torch
 from ctpreg.registry.attach import LoadedTarget, describe_loaded
 from ctpreg.registry.compression import QUANTIZATION, CompressionSpec
 from ctpreg.registry.errors import InvalidInput
-from ctpreg.registry.inference import RECORD_FILE
+from ctpreg.registry.inference import (
+    RECORD_FILE, CheckpointFacts, NeedsMeasurement, infer_compression, quant_method_of,
+)
 
 from .models import freeze, resolve_device
 
@@ -57,13 +59,24 @@ def _config(path: Path) -> dict[str, Any]:
     return config
 
 
+def precheck(path: str | Path, *, method_hint: str | None = None) -> CompressionSpec | None:
+    """The checkpoint's compression from its files alone (no weights loaded), or None when only measuring the
+    weights can tell; refuses what is not a checkpoint before anything heavy runs."""
+    folder = Path(path).expanduser().resolve()
+    facts = CheckpointFacts.from_folder(folder, config=_config(folder))
+    try:
+        return infer_compression(facts, method_hint=method_hint)
+    except NeedsMeasurement:
+        return None
+
+
 def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str | None = None) -> LoadedCheckpoint:
     """Load ``path`` as it is and describe it; a clear ``InvalidInput`` for anything that is not a checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path).expanduser().resolve()
     config = _config(folder)
-    quant_method = str((config.get("quantization_config") or {}).get("quant_method", "")).lower()
+    quant_method = quant_method_of(config.get("quantization_config"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:

@@ -97,9 +97,12 @@ def _checkpoint_target(ctx: typer.Context, path: Path, *, model: str | None, met
     from ctpreg.registry.inference import check_flags
 
     _require_trainer()
-    from ctpreg.trainer.checkpoint import load_checkpoint
+    from ctpreg.trainer.checkpoint import load_checkpoint, precheck
     from ctpreg.trainer.validate import CheckpointValidator, ValidationConfig
 
+    from_files = precheck(path, method_hint=method)
+    if from_files is not None:  # refuse contradicting flags before loading anything
+        check_flags(from_files, method=method, bits=bits, group_size=group_size, sparsity=sparsity)
     with stdout_to_stderr():
         checkpoint = load_checkpoint(path, device=str(options["device"]), method_hint=method)
     described = checkpoint.target
