@@ -1,6 +1,6 @@
 """Prompt-training throughput: ctpreg's trainer step vs PEFT prompt tuning, same compressed model, same run.
 
-Both train a prompt with the same init, optimizer, schedule, batches and bf16 autocast; the only difference is the
+Both train a prompt with the same init, optimizer, schedule, batches and precision (bf16 autocast where the CPU has it); the only difference is the
 forward pass: ctpreg runs the LM head on scored positions only, PEFT (``PromptTuningConfig``) on every position,
 prompt included. Final quality is compared on the same validation windows with the same scorer (scored tokens
 only), so the losses are comparable.
@@ -28,7 +28,7 @@ from ctpreg.trainer.data import load_corpus, make_windows  # noqa: E402
 from ctpreg.trainer.evaluate import perplexity  # noqa: E402
 from ctpreg.trainer.pipeline import compress_loaded, load_base  # noqa: E402
 from ctpreg.trainer.prompt import init_from_vocabulary, mean_nll  # noqa: E402
-from ctpreg.trainer.train import TrainConfig, get_batch, get_lr  # noqa: E402
+from ctpreg.trainer.train import TrainConfig, get_batch, get_lr, uses_autocast  # noqa: E402
 
 
 def run(step_loss, parameter: torch.nn.Parameter, windows: torch.Tensor, config: TrainConfig) -> tuple[float, float]:
@@ -40,7 +40,7 @@ def run(step_loss, parameter: torch.nn.Parameter, windows: torch.Tensor, config:
             group["lr"] = get_lr(step, config)
         batch = get_batch(windows, step, config)
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_autocast(config, torch.device("cpu"))):
             value = step_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
@@ -90,7 +90,7 @@ def main() -> int:
     peft_ppl = perplexity(model, windows.validation, prompt=embedding.detach().float()).ppl
     baseline = perplexity(model, windows.validation).ppl
     print(f"\n{args.model} {spec.canonical}, {args.num_tokens}-token prompt, batch {args.batch_size}x{args.seq_len}, "
-          f"{args.steps} steps, bf16 autocast; validation: {windows.validation.shape[0]} {args.dataset} windows, "
+          f"{args.steps} steps, {'bf16 autocast' if uses_autocast(config, torch.device('cpu')) else 'fp32 (no native bf16 on this CPU)'}; validation: {windows.validation.shape[0]} {args.dataset} windows, "
           f"scored tokens only (no prompt: ppl {baseline:.2f})\n")
     print(markdown_table(
         ["trainer", "s/step", "tokens/s", "last train loss", "val ppl after training"],

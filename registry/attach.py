@@ -73,17 +73,18 @@ def _local_folder(model: Any) -> Path | None:
 
 
 def describe_loaded(
-    model: Any, tokenizer: Any, *, folder: Path | None = None, method_hint: str | None = None
+    model: Any, tokenizer: Any, *, folder: Path | None = None, method_hint: str | None = None,
+    quantization_config: dict[str, Any] | None = None,
 ) -> LoadedTarget:
     """Fingerprint, compression and identity of ``model`` as loaded (``folder``: where its files are, if not in
-    ``model.name_or_path``)."""
+    ``model.name_or_path``; ``quantization_config``: how it was loaded, if not in ``model.config``)."""
     from .prompted import decoder_linears
 
     weight = model.get_input_embeddings().weight
     vocab_size, hidden = int(weight.shape[0]), int(weight.shape[1])
     fingerprint = embedding_fingerprint(tokenizer.get_vocab(), vocab_size=vocab_size, hidden_size=hidden)
     folder = folder or _local_folder(model)
-    loaded_config = _quantization_config(model)
+    loaded_config = quantization_config if quantization_config is not None else _quantization_config(model)
     facts = CheckpointFacts(quantization_config=loaded_config)
     if folder is not None:
         on_disk = CheckpointFacts.from_folder(folder)

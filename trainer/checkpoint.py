@@ -1,8 +1,10 @@
 """A user's compressed checkpoint, loaded as it is (never re-compressed), and the standard checkpoints ctpreg writes.
 
 Loading: GPTQ folders (GPTQModel's format, or transformers + optimum's: ``quantization_config`` in ``config.json``)
-through GPTQModel's torch kernel, exactly as GPTQModel serves them on CPU; everything else (compressed-tensors,
-bitsandbytes, plain pruned weights) through ``AutoModelForCausalLM``, which decompresses compressed-tensors on load.
+through GPTQModel, then each packed layer is dequantized once into a dense fp32 Linear holding exactly its quantized
+values, as training does (the packed kernel computes in bf16, which CPUs without AVX512-BF16 emulate ~25x slower;
+a test checks both forms give the same logits up to bf16 rounding). Everything else (compressed-tensors,
+bitsandbytes, plain pruned weights) goes through ``AutoModelForCausalLM``, which decompresses compressed-tensors.
 What the checkpoint is (fingerprint, compression, identity) is read from it by ``registry.attach.describe_loaded``,
 the same code the load-time attach uses.
 
@@ -83,9 +85,9 @@ def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str 
         raise InvalidInput(f"{folder} has no usable tokenizer (the fingerprint needs it): {exc}") from None
     log.info("loading %s as it is (%s)", folder, quant_method or "no quantization_config")
     if quant_method == "gptq":
-        from .compress.gptq import load_packed
+        from .compress.gptq import dequantize_dense, load_packed
 
-        model = load_packed(folder)
+        model = dequantize_dense(load_packed(folder))
     else:
         target = resolve_device(device)
         kwargs: dict[str, Any] = {"use_safetensors": True}
@@ -95,8 +97,10 @@ def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str 
         if not quant_method:
             model.to(target)
     freeze(model)
-    return LoadedCheckpoint(model, tokenizer, describe_loaded(model, tokenizer, folder=folder, method_hint=method_hint),
-                            folder)
+    # What the model runs is what the folder's config says (a dense GPTQ copy still holds the quantized values).
+    described = describe_loaded(model, tokenizer, folder=folder, method_hint=method_hint,
+                                quantization_config=config.get("quantization_config"))
+    return LoadedCheckpoint(model, tokenizer, described, folder)
 
 
 def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: Path, *, packed: Path | None,

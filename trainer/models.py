@@ -49,6 +49,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware. On CPUs without AVX512-BF16/AMX (e.g. AVX2-only EPYCs) oneDNN
+    emulates bf16 and a training step is ~25x slower than fp32 (measured: 220 s vs 8 s on SmolLM2-135M)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs; fp32 on CPU, where the weights are small and exact evaluation matters more than speed."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -18,6 +18,8 @@ from ctpreg.registry.artifacts import PromptMetadata, read_artifact, serialize_a
 from ctpreg.registry.digest import sha256_hex
 from ctpreg.registry.recovery import gap_recovered
 from ctpreg.registry.errors import Conflict, InvalidInput
+from ctpreg.registry.identity import EvalData
+from ctpreg.registry.prompted import window_digest
 from ctpreg.registry.records import BaseModelRecord
 
 from .catalog import locate
@@ -26,7 +28,7 @@ from .data import Corpus, all_windows, load_corpus, make_windows
 from .distributed import is_main
 from .evaluate import perplexity
 from .models import LoadedModel, load_model
-from .train import TrainConfig, TrainResult, train_prompt
+from .train import TrainConfig, TrainResult, train_prompt, uses_autocast
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,10 @@ def train_prompt_artifact(
     metrics = {
         "ppl_full": full.ppl, "ppl_compressed": before.ppl, "ppl_prompted": after.ppl,
         "eval_dataset": f"{windows.corpus}/validation", "eval_tokens": after.tokens,
+        "eval_data": EvalData(
+            corpus=windows.corpus, split="validation", seq_len=windows.seq_len, windows=int(windows.validation.shape[0]),
+            token_digest=window_digest(windows.validation),
+        ).to_dict(),
     }
     metrics["gap_recovered"] = gap_recovered(metrics)
     if loaded.source.is_gguf:
@@ -135,6 +141,7 @@ def train_prompt_artifact(
         **train_config.to_dict(), "seq_len": windows.seq_len, "init": "vocab", "data_hash": windows.data_hash,
         "train_windows": int(windows.train.shape[0]), "best_step": result.best_step,
         "step_seconds": result.step_seconds, "tokens_per_second": result.tokens_per_second,
+        "autocast": "bf16" if uses_autocast(train_config, loaded.device) else "off",
         "calibration": compress_config.calibration if compress_config.needs_calibration else None,
         "calibration_windows": compress_config.calibration_windows if compress_config.needs_calibration else None,
     }

@@ -27,6 +27,7 @@ from ctpreg.registry.errors import InvalidInput
 from .data import TokenWindows
 from .distributed import average_gradient, is_main, rank_and_world
 from .evaluate import perplexity
+from .models import bf16_native
 from .progress import progress
 from .prompt import init_from_vocabulary, mean_nll
 
@@ -46,7 +47,9 @@ class TrainConfig:
     eval_every: int = field(default=25, metadata={"help": "validate every K steps (and at the end)"})
     eval_windows: int | None = field(default=None, metadata={"help": "validation windows used while training"})
     eval_batch_size: int = field(default=4, metadata={"help": "windows per evaluation batch"})
-    autocast_bf16: bool = field(default=True, metadata={"help": "bf16 autocast for training steps (not for evaluation)"})
+    autocast_bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast for training steps where the hardware has bf16 (not for evaluation)"}
+    )
     seed: int = field(default=0, metadata={"help": "prompt init and batch order"})
 
     def __post_init__(self) -> None:
@@ -100,8 +103,12 @@ def get_batch(windows: torch.Tensor, step: int, config: TrainConfig) -> torch.Te
     return windows[index[rank * config.batch_size : (rank + 1) * config.batch_size]]
 
 
+def uses_autocast(config: TrainConfig, device: torch.device) -> bool:
+    return config.autocast_bf16 and bf16_native(device)
+
+
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if config.autocast_bf16:
+    if uses_autocast(config, device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

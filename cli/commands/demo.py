@@ -47,11 +47,14 @@ def demo(
         report = run_demo(config, state(ctx).registry, state(ctx).settings.home)
     if as_json:
         emit_json({"rows": [r.to_dict() for r in report.rows], "total_seconds": report.total_seconds,
-                   "step_seconds": report.step_seconds, "reused_prompt": report.reused_prompt})
+                   "step_seconds": report.step_seconds, "reused_prompt": report.reused_prompt,
+                   "eval_data": report.eval_data})
         return
     full_note = " (full = GGUF Q4_1 dequantized)" if model == "smollm2-135m" and not model_path else ""
+    data = report.eval_data
+    windows = f"{data['corpus']}/{data['split']}, {data['windows']} windows of {data['seq_len']} tokens (ids {data['token_digest'][:12]})"
     table(
-        f"{model}: prompt trained on {train_compression}/{dataset}, {eval_windows} validation windows of {seq_len} tokens{full_note}",
+        f"{model}: prompt trained on {train_compression}/{dataset}; every row measured on {windows}{full_note}",
         ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered", "served prompt", "how", "seconds"],
         [
             (r.target, f"{r.ppl_full:.2f}", f"{r.ppl_compressed:.2f}",

@@ -49,11 +49,12 @@ def draw(model: str, points: list[ReportPoint], output: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for dataset in sorted({p.eval_dataset for p in points}):
-        series = [p for p in points if p.eval_dataset == dataset]
+    for eval_key in dict.fromkeys(p.eval_key for p in points):  # one series per set of windows, never mixed
+        series = [p for p in points if p.eval_key == eval_key]
         bits = [p.bits_per_weight for p in series]
-        axis.plot(bits, [p.ppl_without for p in series], "o--", label=f"compressed ({dataset})")
-        axis.plot(bits, [p.ppl_with for p in series], "s-", label=f"compressed + best prompt ({dataset})")
+        label = series[0].eval_windows
+        axis.plot(bits, [p.ppl_without for p in series], "o--", label=f"compressed ({label})")
+        axis.plot(bits, [p.ppl_with for p in series], "s-", label=f"compressed + best prompt ({label})")
     axis.set_xlabel("effective bits per weight")
     axis.set_ylabel("perplexity (scored tokens only)")
     axis.set_yscale("log")

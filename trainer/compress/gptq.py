@@ -55,7 +55,7 @@ def quantize_gptq(
 
 
 def load_packed(folder: Path) -> nn.Module:
-    """The quantized model with GPTQModel's torch kernel (bf16), as GPTQModel serves it."""
+    """The quantized model with GPTQModel's torch kernel (bf16), as GPTQModel serves it on CPU."""
     with _quiet_gptqmodel():
         from gptqmodel import BACKEND, GPTQModel
 
