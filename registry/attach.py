@@ -26,7 +26,7 @@ from .compression import CompressionSpec
 from .errors import Conflict, InvalidInput
 from .fingerprint import embedding_fingerprint
 from .identity import EvalData, checkpoint_key, digest_json, memory_key
-from .inference import CheckpointFacts, infer_compression, measure_sparsity, quant_method_of
+from .inference import CheckpointFacts, config_from_layers, infer_compression, measure_sparsity, quant_method_of
 from .records import Measurement
 from .resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K, ValidationScope
 
@@ -85,6 +85,8 @@ def describe_loaded(
     fingerprint = embedding_fingerprint(tokenizer.get_vocab(), vocab_size=vocab_size, hidden_size=hidden)
     folder = folder or _local_folder(model)
     loaded_config = quantization_config if quantization_config is not None else _quantization_config(model)
+    if loaded_config is None:
+        loaded_config = config_from_layers(model.modules())
     facts = CheckpointFacts(quantization_config=loaded_config)
     if folder is not None:
         on_disk = CheckpointFacts.from_folder(folder)

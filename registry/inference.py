@@ -110,6 +110,19 @@ def _level(sparsity: float) -> float:
     return whole if abs(sparsity - whole) < 0.002 else round(sparsity, 4)
 
 
+def config_from_layers(modules: Iterable[Any]) -> dict[str, Any] | None:
+    """A quantization config read off the layers, for a model quantized in memory without one in its config
+    (bitsandbytes layers swapped in by hand carry their format on the weight)."""
+    for module in modules:
+        kind = type(module).__name__
+        if kind == "Linear4bit":
+            quant_type = getattr(module.weight, "quant_type", None) or getattr(module, "quant_type", "fp4")
+            return {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": quant_type}
+        if kind == "Linear8bitLt":
+            return {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    return None
+
+
 def quant_method_of(config: Mapping[str, Any] | None) -> str | None:
     """``quant_method`` of a quantization config (transformers stores an enum whose value is the string)."""
     if not config:
@@ -123,10 +136,14 @@ def infer_compression(
     facts: CheckpointFacts, *, sparsity: SparsityStats | None = None, method_hint: str | None = None
 ) -> CompressionSpec:
     """The checkpoint's compression spec, or ``InvalidInput`` saying what could not be told and how to say it."""
-    if facts.recorded is not None:
-        return parse_compression(facts.recorded)
     config = dict(facts.quantization_config or {})
     quant_method = quant_method_of(config)
+    if facts.recorded is not None:
+        recorded = parse_compression(facts.recorded)
+        if quant_method == "gptq" and (recorded.bits, recorded.group_size) != (config.get("bits"), config.get("group_size")):
+            raise InvalidInput(f"{RECORD_FILE} says {recorded.canonical} but quantization_config says "
+                               f"{config.get('bits')}-bit, group {config.get('group_size')}: the folder is inconsistent")
+        return recorded
     if quant_method == "gptq":
         return _gptq(config)
     if quant_method == "bitsandbytes":

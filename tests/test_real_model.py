@@ -60,3 +60,31 @@ def test_demo_with_a_small_budget(env: Path, capsys) -> None:
     for row in rows.values():
         assert all(math.isfinite(row[k]) for k in ("ppl_full", "ppl_compressed", "ppl_prompted"))
     assert rows["gptq-w3-g128"]["ppl_compressed"] > rows["gptq-w4-g128"]["ppl_compressed"]
+
+
+def test_saved_gptq_checkpoint_validated_as_it_is_and_attached(env: Path, tmp_path: Path, capsys) -> None:
+    """The 4-bit model of the first test, saved as GPTQModel's checkpoint, measured through --target-path; the
+    figure equals the checkpoint's own loss on the same windows, and attach serves the measured prompt."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ctpreg.registry import Client, attach
+    from ctpreg.trainer.compress.gptq import dequantize_dense, load_packed
+    from ctpreg.trainer.data import load_corpus, make_windows
+
+    folder = tmp_path / "smollm2-gptq-w4"
+    saved = run_json(capsys, "compress", "--model", "smollm2-135m", "--method", "gptq", "--bits", "4",
+                     "--calibration-windows", "8", "--device", "cpu", "--save", str(folder))
+    assert saved["from_cache"] and saved["saved"] == str(folder)
+    measured = run_json(capsys, "resolve", "--target-path", str(folder), "--validate", "--validation-data", "news",
+                        "--max-windows", "4", "--min-gain", "-1", "--device", "cpu")
+    best = measured[0]
+    assert best["tier"] == 1 and best["target_key"].startswith("checkpoint:")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    windows = make_windows(tokenizer, load_corpus("news"), seq_len=256, max_train=1, max_validation=4).validation
+    model = dequantize_dense(load_packed(folder))
+    with torch.no_grad():
+        nll = sum(float(model(input_ids=w[None], labels=w[None]).loss) * 255 for w in windows)
+    assert best["ppl_without"] == pytest.approx(math.exp(nll / (255 * windows.shape[0])), rel=1e-5)
+    prompted = attach(load_packed(folder), tokenizer, client=Client.from_env())
+    assert prompted.resolved.record.ref == best["ref"] and prompted.resolved.tier == 1

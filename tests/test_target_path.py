@@ -221,3 +221,23 @@ def test_attach_validates_on_the_in_memory_model(published, tmp_path, cli_env) -
     assert ppl_without == pytest.approx(direct_perplexity(loaded.model, cut_windows(loaded.tokenizer, texts, 32, 4, "t")))
     with pytest.raises(Exception, match="needs texts"):
         attach(loaded.model, loaded.tokenizer, validate=True)
+
+
+@pytest.mark.parametrize(("method", "expected"), [("bnb-nf4", "bnb-nf4"), ("bnb-int8", "bnb-int8"), ("magnitude", None)])
+def test_in_memory_models_are_described_from_their_layers(method: str, expected: str | None, tmp_path: Path) -> None:
+    from ctpreg.registry import describe_loaded
+    from ctpreg.registry.errors import InvalidInput
+    from ctpreg.trainer.compress import CompressionCache, compress
+
+    loaded = tiny_llama()
+    spec = build_spec(method, sparsity=0.5) if method == "magnitude" else build_spec(method)
+    model = compress(loaded, spec, calibration=None, cache=CompressionCache(tmp_path)).model
+    if expected is None:  # pruned in memory: the zeros are measured, the pruner must be named
+        with pytest.raises(InvalidInput, match="pass --method"):
+            describe_loaded(model, loaded.tokenizer)
+        described = describe_loaded(model, loaded.tokenizer, method_hint="magnitude")
+        assert described.spec.canonical == "magnitude-s50"
+    else:
+        described = describe_loaded(model, loaded.tokenizer)
+        assert described.spec.canonical == expected
+    assert described.fingerprint == loaded.fingerprint and described.identity.startswith("memory:")
