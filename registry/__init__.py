@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "PromptArtifact": "artifacts", "PromptMetadata": "artifacts", "parse_artifact": "artifacts",
     "read_artifact": "artifacts", "write_artifact": "artifacts",
-    "attach": "attach", "describe_loaded": "attach", "LoadedTarget": "attach",
+    "attach": "load_time", "describe_loaded": "load_time", "LoadedTarget": "load_time",
     "Client": "client", "ResolvedPrompt": "client",
     "EvalData": "identity",
     "CompressionSpec": "compression", "build_spec": "compression", "parse_compression": "compression",

@@ -31,7 +31,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .artifacts import PromptArtifact, PromptMetadata
-    from .attach import LoadedTarget
+    from .load_time import LoadedTarget
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Client:
     ) -> ResolvedPrompt:
         """The prompt for a model described from itself (``attach``): its base model is the registered model of its
         fingerprint class (``model_name`` chooses among several), its target its compression and identity."""
-        key = {"loaded": loaded.to_dict(), "model": model_name, "validated": validator is not None}
+        key = {"loaded": loaded.to_dict(), "model": model_name}
         if self.settings.offline:
             return self._resolve_target(None, key, validator, top_k, min_gain)
         name = self.registry.base_model_for(loaded.fingerprint, model_name)

@@ -241,3 +241,15 @@ def test_in_memory_models_are_described_from_their_layers(method: str, expected:
         described = describe_loaded(model, loaded.tokenizer)
         assert described.spec.canonical == expected
     assert described.fingerprint == loaded.fingerprint and described.identity.startswith("memory:")
+
+
+def test_public_names_stay_functions_after_their_modules_load() -> None:
+    """An export named like its module would be shadowed by the submodule once anything imported it."""
+    import importlib
+    import types
+
+    import ctpreg.registry as package
+
+    for name, module in package._EXPORTS.items():
+        importlib.import_module(f"ctpreg.registry.{module}")
+        assert not isinstance(getattr(package, name), types.ModuleType), name

@@ -5,7 +5,7 @@ through GPTQModel, then each packed layer is dequantized once into a dense fp32 
 values, as training does (the packed kernel computes in bf16, which CPUs without AVX512-BF16 emulate ~25x slower;
 a test checks both forms give the same logits up to bf16 rounding). Everything else (compressed-tensors,
 bitsandbytes, plain pruned weights) goes through ``AutoModelForCausalLM``, which decompresses compressed-tensors.
-What the checkpoint is (fingerprint, compression, identity) is read from it by ``registry.attach.describe_loaded``,
+What the checkpoint is (fingerprint, compression, identity) is read from it by ``registry.load_time.describe_loaded``,
 the same code the load-time attach uses.
 
 Writing (``ctpreg compress --save``): GPTQ as GPTQModel's packed checkpoint, pruning as a dense HF folder with zeros;
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ctpreg.registry.attach import LoadedTarget, describe_loaded
+from ctpreg.registry.load_time import LoadedTarget, describe_loaded
 from ctpreg.registry.compression import QUANTIZATION, CompressionSpec
 from ctpreg.registry.errors import InvalidInput
 from ctpreg.registry.inference import (
