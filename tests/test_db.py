@@ -66,21 +66,28 @@ def test_embedded_sqlite_upgrades_itself_on_first_use(tmp_path: Path) -> None:
     db.dispose()
 
 
+OLD_ROW_TIME = "2026-11-29 00:00:00+00:00"
+
+
+def _insert_old_rows(conn, metrics: list[str]) -> None:
+    """A base model and one prompt version per ``metrics`` JSON, written as SQL (older revisions have no ORM)."""
+    conn.execute(text(
+        "INSERT INTO base_model (name, fingerprint, hidden_size, created_at) VALUES ('m', 'sha256:x', 8, :now)"
+    ), {"now": OLD_ROW_TIME})
+    for i, values in enumerate(metrics):
+        conn.execute(text(
+            "INSERT INTO prompt (name, version, base_model_id, compression, method, bits, dataset, num_virtual_tokens,"
+            " hidden_size, dtype, sha256, size_bytes, object_key, metrics, training, created_at, created_by, deprecated)"
+            " VALUES ('p', :v, 1, 'gptq-w3-g128', 'gptq', 3, 'wiki', 4, 8, 'float32', :sha, 1, 'k', :metrics, '{}',"
+            " :now, 't', false)"
+        ), {"v": i + 1, "sha": f"{i:064x}", "metrics": values, "now": OLD_ROW_TIME})
+
+
 def test_upgrade_to_0002_fills_recovery_from_metrics(empty_db_url: str) -> None:
     db = Database(empty_db_url)
     upgrade(db.engine, "0001_initial")
-    now = "2026-11-29 00:00:00+00:00"
     with db.engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO base_model (name, fingerprint, hidden_size, created_at) VALUES ('m', 'sha256:x', 8, :now)"
-        ), {"now": now})
-        for i, metrics in enumerate(['{"ppl_full": 20, "ppl_compressed": 40, "ppl_prompted": 25}', "{}"]):
-            conn.execute(text(
-                "INSERT INTO prompt (name, version, base_model_id, compression, method, bits, dataset, num_virtual_tokens,"
-                " hidden_size, dtype, sha256, size_bytes, object_key, metrics, training, created_at, created_by, deprecated)"
-                " VALUES ('p', :v, 1, 'gptq-w3-g128', 'gptq', 3, 'wiki', 4, 8, 'float32', :sha, 1, 'k', :metrics, '{}',"
-                " :now, 't', false)"
-            ), {"v": i + 1, "sha": f"{i:064x}", "metrics": metrics, "now": now})
+        _insert_old_rows(conn, ['{"ppl_full": 20, "ppl_compressed": 40, "ppl_prompted": 25}', "{}"])
     upgrade(db.engine)
     with db.engine.connect() as conn:
         values = conn.execute(text("SELECT recovery FROM prompt ORDER BY version")).scalars().all()
@@ -97,22 +104,13 @@ def test_upgrade_to_0003_keeps_old_evidence_labelled_legacy(empty_db_url: str) -
 
     db = Database(empty_db_url)
     upgrade(db.engine, "0002_prompt_recovery")
-    now = "2026-11-29 00:00:00+00:00"
     with db.engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO base_model (name, fingerprint, hidden_size, created_at) VALUES ('m', 'sha256:x', 8, :now)"
-        ), {"now": now})
-        conn.execute(text(
-            "INSERT INTO prompt (name, version, base_model_id, compression, method, bits, dataset, num_virtual_tokens,"
-            " hidden_size, dtype, sha256, size_bytes, object_key, metrics, training, created_at, created_by, deprecated)"
-            " VALUES ('p', 1, 1, 'gptq-w3-g128', 'gptq', 3, 'wiki', 4, 8, 'float32', :sha, 1, 'k', '{}', '{}',"
-            " :now, 't', false)"
-        ), {"sha": "0" * 64, "now": now})
+        _insert_old_rows(conn, ["{}"])
         conn.execute(text(
             "INSERT INTO transfer_result (prompt_id, target_model_id, target_compression, eval_dataset, eval_tokens,"
             " ppl_without, ppl_with, relative_gain, accepted, measured_at)"
             " VALUES (1, 1, 'gptq-w4-g128', 'news/validation', 5000, 40.0, 30.0, 0.25, true, :now)"
-        ), {"now": now})
+        ), {"now": OLD_ROW_TIME})
     upgrade(db.engine)
     with db.engine.connect() as conn:
         row = conn.execute(text("SELECT target_key, eval_key, ppl_with FROM transfer_result")).one()
