@@ -114,7 +114,9 @@ class Client:
             model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size, dataset=dataset, task=task,
             identity=identity,
         )
-        return self._resolve_target(target, {"target": target.__dict__}, validator, top_k, min_gain)
+        # Keys written before targets carried identity/compression must keep matching: leave unset fields out.
+        fields = {k: v for k, v in target.__dict__.items() if v is not None or k not in ("identity", "compression")}
+        return self._resolve_target(target, {"target": fields}, validator, top_k, min_gain)
 
     def resolve_loaded(
         self, loaded: LoadedTarget, *, model_name: str | None = None, validator: Validator | None = None,

@@ -35,10 +35,6 @@ def target_key(kind: str, parts: dict[str, Any]) -> str:
     return f"{kind}:{digest_json(parts)}"
 
 
-def target_kind(key: str) -> str:
-    return key.split(":", 1)[0]
-
-
 @dataclass(frozen=True)
 class EvalData:
     """The windows a perplexity was measured on."""

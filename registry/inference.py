@@ -26,6 +26,7 @@ from .errors import InvalidInput
 
 RECORD_FILE = "ctpreg.json"
 RECIPE_FILE = "recipe.yaml"
+LEGACY_GPTQ_FILE = "quantize_config.json"
 #: Below this fraction of zeros a model counts as dense (fp weights are almost never exactly zero by chance).
 MIN_PRUNED_SPARSITY = 0.02
 _RECIPE_METHODS = {
@@ -59,13 +60,19 @@ class CheckpointFacts:
     def from_folder(cls, folder: Path, config: Mapping[str, Any] | None = None) -> CheckpointFacts:
         if config is None:
             config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+        quantization = config.get("quantization_config")
+        if quantization is None and (folder / LEGACY_GPTQ_FILE).is_file():
+            # auto-gptq and early GPTQModel wrote the GPTQ settings only beside the weights
+            quantization = {"quant_method": "gptq", **_read_json(folder / LEGACY_GPTQ_FILE)}
+        if quantization is not None and not isinstance(quantization, Mapping):
+            raise InvalidInput(f"{folder}: quantization_config must be a JSON object")
         record = _read_json(folder / RECORD_FILE) if (folder / RECORD_FILE).is_file() else {}
         recorded = record.get("compression")
         if recorded is not None and not isinstance(recorded, str):
             raise InvalidInput(f"{folder / RECORD_FILE}: 'compression' must be a string like gptq-w3-g128")
         recipe = folder / RECIPE_FILE
         methods = _recipe_methods(recipe.read_text(encoding="utf-8", errors="replace")) if recipe.is_file() else ()
-        return cls(quantization_config=config.get("quantization_config"), recorded=recorded, recipe_methods=methods)
+        return cls(quantization_config=quantization, recorded=recorded, recipe_methods=methods)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -188,8 +195,10 @@ def _compressed_tensors(
     config: Mapping[str, Any], facts: CheckpointFacts, stats: SparsityStats | None, hint: str | None
 ) -> CompressionSpec:
     groups = config.get("config_groups") or {}
-    weights = [g.get("weights") for g in groups.values() if isinstance(g, Mapping) and g.get("weights")]
     sparse = config.get("sparsity_config") or {}
+    if not isinstance(groups, Mapping) or not isinstance(sparse, Mapping):
+        raise InvalidInput("compressed-tensors config_groups and sparsity_config must be JSON objects")
+    weights = [g.get("weights") for g in groups.values() if isinstance(g, Mapping) and isinstance(g.get("weights"), Mapping)]
     quant: dict[str, Any] = {}
     if weights:
         first = weights[0]

@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .compression import FULL_PRECISION_BITS, METHODS, PRUNING, QUANTIZATION, CompressionSpec, method_info
+from .compression import (
+    FULL_PRECISION_BITS, METHODS, PRUNING, QUANTIZATION, CompressionSpec, method_info, parse_compression,
+)
 from .errors import InvalidInput
 from .records import Evidence, Measurement, PromptRecord
 
@@ -37,6 +39,7 @@ class Target:
     dataset: str | None = None
     task: str | None = None
     identity: str | None = None  # target key (``registry.identity``) of the very model, when known
+    compression: str | None = None  # canonical spec when known exactly (keeps n:m patterns and the joint pruner)
 
     def __post_init__(self) -> None:
         if self.method is not None:
@@ -58,10 +61,10 @@ class Target:
 
     @classmethod
     def for_spec(cls, model: str, spec: CompressionSpec, **fields: Any) -> Target:
-        """The target of one fully specified compression (an n:m pattern is matched by its sparsity)."""
+        """The target of one fully specified compression (ranked as its method and levels; recorded exactly)."""
         bits = spec.bits if spec.family == QUANTIZATION else None
         return cls(model=model, method=spec.method, bits=bits, sparsity=spec.sparsity, group_size=spec.group_size,
-                   **fields)
+                   compression=spec.canonical, **fields)
 
     @property
     def family(self) -> str | None:
@@ -84,6 +87,8 @@ class Target:
     @property
     def spec(self) -> CompressionSpec | None:
         """The full spec when the target pins one down (needed to record evidence), else None."""
+        if self.compression is not None:
+            return parse_compression(self.compression)
         if self.method is None:
             return None
         try:

@@ -79,6 +79,7 @@ def resolve(
         return Resolution(target=target, served=_first_servable(target, ranked), candidates=ranked)
     if target.spec is None:
         raise InvalidInput("--validate needs a fully specified target: --method and its level (bits or sparsity)")
+    registry.candidates(target, limit=1)  # no compatible prompt: say so before loading anything to measure
     scope = validator.scope(target)
     target = replace(target, identity=scope.target_key)
     eval_key = scope.eval_data.key

@@ -123,9 +123,11 @@ def test_upgrade_to_0003_keeps_old_evidence_labelled_legacy(empty_db_url: str) -
     assert registry.candidates(spec_target)[0].tier == 1, "old evidence still serves a resolve by spec"
     checkpoint = Target(model="m", method="gptq", bits=4, identity="checkpoint:" + "a" * 64)
     assert registry.candidates(checkpoint)[0].tier != 1, "but is never taken for a measurement on a user's checkpoint"
+    prompt = registry.get("p:1")
+    registry.record_evidence(checkpoint, prompt, old.measurement.__class__(40.0, 20.0, "mine", 100), accepted=True)
     registry.db.dispose()
     downgrade(db.engine, "0002_prompt_recovery")
-    with db.engine.connect() as conn:
-        assert conn.execute(text("SELECT ppl_with FROM transfer_result")).scalar() == 30.0
+    with db.engine.connect() as conn:  # the checkpoint's row would read as evidence for every gptq-w4 model there
+        assert conn.execute(text("SELECT ppl_with FROM transfer_result")).scalars().all() == [30.0]
     upgrade(db.engine)
     db.dispose()

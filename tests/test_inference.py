@@ -119,3 +119,27 @@ def test_flags_that_contradict_the_checkpoint_are_refused() -> None:
                         ({"group_size": 64}, "--group-size 64"), ({"sparsity": 0.5}, "--sparsity 0.5")]:
         with pytest.raises(InvalidInput, match=f"{said} disagrees with the checkpoint, which is gptq-w3-g128"):
             check_flags(spec, **flags)
+
+
+def test_older_gptq_folders_record_their_settings_beside_the_weights(tmp_path) -> None:
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "quantize_config.json").write_text(json.dumps({"bits": 2, "group_size": 64, "desc_act": False}))
+    assert infer_compression(CheckpointFacts.from_folder(tmp_path)).canonical == "gptq-w2-g64"
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": "gptq"}))
+    with pytest.raises(InvalidInput, match="must be a JSON object"):
+        CheckpointFacts.from_folder(tmp_path)
+
+
+def test_a_record_that_contradicts_the_config_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="inconsistent"):
+        infer_compression(CheckpointFacts(gptq_config(3, 128), recorded="gptq-w4-g128"))
+
+
+def test_targets_keep_the_exact_compression() -> None:
+    from ctpreg.registry.compression import parse_compression
+    from ctpreg.registry.matcher import Target
+
+    for text in ("sparsegpt-n2m4", "gptq-w4-g128+wanda-s50", "bnb-nf4", "gptq-w3-g64"):
+        assert Target.for_spec("m", parse_compression(text)).spec.canonical == text

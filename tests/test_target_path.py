@@ -145,6 +145,8 @@ def test_compress_save_writes_checkpoints_that_resolve_reads(tiny_model_dir, pub
     assert "exists and is not an empty folder" in capsys.readouterr().err
     assert main([*base, "--method", "bnb-nf4", "--save", str(tmp_path / "bnb")]) == 2
     assert "bitsandbytes quantizes at load time" in capsys.readouterr().err
+    assert main([*base, "--method", "magnitude", "--sparsity", "0.5", "--save", str(tmp_path / "no" / "such")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "bnb").exists() and not list(tmp_path.glob(".*.partial"))
 
 

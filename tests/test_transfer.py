@@ -102,9 +102,9 @@ def test_report_chart_and_table_match_the_evidence(tmp_path, capsys, cli_env) ->
     capsys.readouterr()
     assert main(["report", "--model", "tiny-llama", "--format", "md"]) == 0
     table = capsys.readouterr().out
-    assert "| gptq-w2-g128 | 2 | 300.00 | 100.00 | -66.7% | p1:1 | yes |" in table
+    assert "| gptq-w2-g128 | legacy | 2 | 300.00 | 100.00 | -66.7% | p1:1 | yes |" in table
     legacy, news = table.index("Measured on wiki/validation (windows not recorded):"), table.index("Measured on news/")
-    assert news < table.index("| gptq-w4-g128 | 4 | 31.00 |") < legacy < table.index("| gptq-w2-g128 |")
+    assert news < table.index("| gptq-w4-g128 | compressed:cdcdcdcdcdcd | 4 | 31.00 |") < legacy < table.index("| gptq-w2-g128 |")
     assert main(["report", "--model", "unknown"]) == 5
 
 

@@ -74,33 +74,59 @@ def precheck(path: str | Path, *, method_hint: str | None = None) -> Compression
 
 def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str | None = None) -> LoadedCheckpoint:
     """Load ``path`` as it is and describe it; a clear ``InvalidInput`` for anything that is not a checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     folder = Path(path).expanduser().resolve()
     config = _config(folder)
-    quant_method = quant_method_of(config.get("quantization_config"))
+    quantization = CheckpointFacts.from_folder(folder, config=config).quantization_config
+    quant_method = quant_method_of(quantization)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"{folder} has no usable tokenizer (the fingerprint needs it): {exc}") from None
     log.info("loading %s as it is (%s)", folder, quant_method or "no quantization_config")
-    if quant_method == "gptq":
-        from .compress.gptq import dequantize_dense, load_packed
-
-        model = dequantize_dense(load_packed(folder))
-    else:
-        target = resolve_device(device)
-        kwargs: dict[str, Any] = {"use_safetensors": True}
-        if not quant_method:
-            kwargs["dtype"] = torch.float32 if target.type == "cpu" else torch.bfloat16
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-        if not quant_method:
-            model.to(target)
+    try:
+        model = _load_model(folder, quant_method, device)
+    except (ValueError, KeyError, RuntimeError) as exc:  # transformers/GPTQModel say "cannot load this" this way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"cannot load {folder} as a causal LM checkpoint: {first}") from None
     freeze(model)
     # What the model runs is what the folder's config says (a dense GPTQ copy still holds the quantized values).
     described = describe_loaded(model, tokenizer, folder=folder, method_hint=method_hint,
-                                quantization_config=config.get("quantization_config"))
+                                quantization_config=quantization)
     return LoadedCheckpoint(model, tokenizer, described, folder)
+
+
+def _load_model(folder: Path, quant_method: str | None, device: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if quant_method == "gptq":
+        from .compress.gptq import dequantize_dense, load_packed
+
+        return dequantize_dense(load_packed(folder))
+    target = resolve_device(device)
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if not quant_method:
+        kwargs["dtype"] = torch.float32 if target.type == "cpu" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    return model.to(target) if not quant_method else model
+
+
+def check_savable(spec: CompressionSpec, folder: Path) -> Path:
+    """Refuse a ``--save`` that cannot be written, before any compression runs; the absolute folder."""
+    if spec.family == QUANTIZATION and spec.prune_method is not None:
+        raise InvalidInput(f"--save does not support joint {spec.canonical}: GPTQ's packed format cannot keep the mask")
+    if spec.method.startswith("bnb-"):
+        raise InvalidInput("--save does not write bitsandbytes models: bitsandbytes quantizes at load time; save the "
+                           "base model and load it with transformers' BitsAndBytesConfig")
+    if spec.method == "none":
+        raise InvalidInput("--save writes compressed models; the base model needs no ctpreg to be saved")
+    folder = folder.expanduser().resolve()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InvalidInput(f"--save {folder} exists and is not an empty folder; nothing written")
+    if not folder.parent.is_dir():
+        raise InvalidInput(f"--save {folder}: the folder {folder.parent} does not exist")
+    return folder
 
 
 def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: Path, *, packed: Path | None,
@@ -112,13 +138,7 @@ def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: P
     a mask GPTQ's packing does not keep, and bitsandbytes quantizes at load time (load the base checkpoint with a
     ``BitsAndBytesConfig``).
     """
-    if spec.family == QUANTIZATION and spec.prune_method is not None:
-        raise InvalidInput(f"--save does not support joint {spec.canonical}: GPTQ's packed format cannot keep the mask")
-    if spec.method.startswith("bnb-"):
-        raise InvalidInput("--save does not write bitsandbytes models: bitsandbytes quantizes at load time; save the "
-                           "base model and load it with transformers' BitsAndBytesConfig")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InvalidInput(f"--save {folder} exists and is not an empty folder; nothing written")
+    folder = check_savable(spec, folder)
     tmp = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

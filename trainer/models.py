@@ -53,7 +53,7 @@ def bf16_native(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware. On CPUs without AVX512-BF16/AMX (e.g. AVX2-only EPYCs) oneDNN
     emulates bf16 and a training step is ~25x slower than fp32 (measured: 220 s vs 8 s on SmolLM2-135M)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

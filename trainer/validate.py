@@ -65,17 +65,18 @@ def eval_set(tokenizer: Any, config: ValidationConfig) -> EvalSet:
     """A dataset's validation split, or every window of a text file, with the identity of exactly those windows."""
     if config.text_file is not None:
         path = Path(config.text_file)
-        windows = all_windows(tokenizer, load_corpus(str(path)), seq_len=config.seq_len, limit=config.max_windows)
-        corpus, split, source = path.name, "all", file_sha256(path)
+        corpus = load_corpus(str(path))
+        windows = all_windows(tokenizer, corpus, seq_len=config.seq_len, limit=config.max_windows)
+        split, source = "all", file_sha256(path)
     else:
         if config.dataset is None:
             raise InvalidInput("give a validation dataset or a text file")
+        corpus = load_corpus(config.dataset)
         windows = make_windows(
-            tokenizer, load_corpus(config.dataset), seq_len=config.seq_len, max_train=1,
-            max_validation=config.max_windows,
+            tokenizer, corpus, seq_len=config.seq_len, max_train=1, max_validation=config.max_windows
         ).validation
-        corpus, split, source = config.dataset, "validation", None
-    data = EvalData(corpus=corpus, split=split, seq_len=config.seq_len, windows=int(windows.shape[0]),
+        split, source = "validation", None
+    data = EvalData(corpus=corpus.name, split=split, seq_len=config.seq_len, windows=int(windows.shape[0]),
                     token_digest=window_digest(windows), source_sha256=source)
     return EvalSet(windows, data)
 
@@ -146,7 +147,7 @@ class TargetValidator(_PerplexityValidator):
     calls: int = 0
     _eval: EvalSet | None = None
     _current: _Baseline | None = None
-    _keys: dict[str, str] = field(default_factory=dict)
+    _keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     _full: dict[str, float] = field(default_factory=dict)
 
     def full_perplexity(self, model_name: str) -> float:
@@ -171,8 +172,10 @@ class TargetValidator(_PerplexityValidator):
         if config.spec.canonical not in self._keys:
             base = self._base(target.model)
             parts = CompressionCache.identity(base, config.spec, calibration_windows(base, config))
-            self._keys[config.spec.canonical] = target_key(COMPRESSED, parts)
-        return self._keys[config.spec.canonical], None
+            source = (f"{parts['source']} compressed to {parts['spec']} here, calibration "
+                      f"{config.calibration} x{config.calibration_windows} ({parts['calibration'][:12] or 'none'})")
+            self._keys[config.spec.canonical] = (target_key(COMPRESSED, parts), source)
+        return self._keys[config.spec.canonical]
 
     def _target_model(self, target: Target) -> Any:
         working = copy.deepcopy(self._base(target.model))

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ctpreg.registry.compression import build_spec
-from ctpreg.registry.errors import InvalidInput
 
 from ..options import BitsOption, GroupSizeOption, JsonFlag, SparsityOption
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
@@ -54,11 +53,13 @@ def compress(
     Example: ctpreg compress --model smollm2-135m --method gptq --bits 3 --save ./smollm2-gptq-w3
     """
     config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
-    if save is not None and save.exists() and (not save.is_dir() or any(save.iterdir())):
-        raise InvalidInput(f"--save {save} exists and is not an empty folder; nothing written")
     show_logs()
     with stdout_to_stderr():
         pipeline = _trainer()
+        if save is not None:  # refuse what cannot be saved before compressing
+            from ctpreg.trainer.checkpoint import check_savable
+
+            save = check_savable(config.spec, save)
         loaded = pipeline.load_base(model, model_path=model_path, device=device)
         compressed = pipeline.compress_loaded(loaded, config, state(ctx).settings.home)
         saved = pipeline.save_compressed(loaded, compressed, config, save) if save is not None else None

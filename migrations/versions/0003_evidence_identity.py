@@ -35,6 +35,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The older code would take a measurement on one user's checkpoint or in-memory model for evidence about every
+    # model of that spec; such rows cannot be expressed without these columns, so they go.
+    target_key = sa.column("target_key", sa.String)
+    op.execute(
+        sa.table("transfer_result", target_key).delete().where(
+            sa.or_(target_key.like("checkpoint:%"), target_key.like("memory:%"))
+        )
+    )
     with op.batch_alter_table("transfer_result") as batch:
         batch.drop_index("ix_transfer_target")
         batch.create_index("ix_transfer_target", ["target_model_id", "target_compression"])
