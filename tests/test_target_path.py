@@ -255,3 +255,15 @@ def test_public_names_stay_functions_after_their_modules_load() -> None:
     for name, module in package._EXPORTS.items():
         importlib.import_module(f"ctpreg.registry.{module}")
         assert not isinstance(getattr(package, name), types.ModuleType), name
+
+
+def test_gptq_folder_with_only_config_json_as_transformers_saves_it(gptq_dir, published, tmp_path, cli_env, capsys) -> None:
+    """transformers + optimum keep the GPTQ settings in config.json's quantization_config, with no quantize_config.json."""
+    import shutil
+
+    folder = tmp_path / "hf-gptq"
+    shutil.copytree(gptq_dir, folder)
+    (folder / "quantize_config.json").unlink()
+    assert main(["resolve", "--target-path", str(folder), "--device", "cpu", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{folder}: tiny-llama gptq-w4-g32" in err and json.loads(out)[0]["ref"] == published["ref"]
