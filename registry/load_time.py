@@ -74,10 +74,14 @@ def _local_folder(model: Any) -> Path | None:
 
 def describe_loaded(
     model: Any, tokenizer: Any, *, folder: Path | None = None, method_hint: str | None = None,
-    quantization_config: dict[str, Any] | None = None,
+    quantization_config: dict[str, Any] | None = None, verify_files: bool = True,
 ) -> LoadedTarget:
     """Fingerprint, compression and identity of ``model`` as loaded (``folder``: where its files are, if not in
-    ``model.name_or_path``; ``quantization_config``: how it was loaded, if not in ``model.config``)."""
+    ``model.name_or_path``; ``quantization_config``: how it was loaded, if not in ``model.config``).
+
+    The model is identified by its folder's files only when its tensors still equal them (``verify_files``): a
+    model changed after loading (merged adapters, further training) is identified by its own tensors instead.
+    """
     from .prompted import decoder_linears
 
     weight = model.get_input_embeddings().weight
@@ -95,12 +99,35 @@ def describe_loaded(
         facts = on_disk if same_load else CheckpointFacts(loaded_config, recipe_methods=on_disk.recipe_methods)
     stats = measure_sparsity(layer.weight for layer in decoder_linears(model).values())
     spec = infer_compression(facts, sparsity=stats, method_hint=method_hint)
-    if folder is not None and same_load and any(folder.glob("*.safetensors")):
+    if folder is not None and same_load and any(folder.glob("*.safetensors")) and (
+        not verify_files or _same_as_files(model, folder)
+    ):
         identity, source = checkpoint_key(folder, spec.canonical), str(folder)
     else:
         named = [*model.state_dict().items()]
         identity, source = memory_key(named, spec.canonical), f"in-memory {type(model).__name__}"
     return LoadedTarget(fingerprint, vocab_size, hidden, spec, identity, source)
+
+
+def _same_as_files(model: Any, folder: Path) -> bool:
+    """Whether every floating-point tensor the folder's safetensors files share with the model's state dict is
+    unchanged. Integer tensors are skipped: GPTQModel rewrites packed zero-points into its internal format on load."""
+    import torch
+    from safetensors import safe_open
+
+    state = model.state_dict()
+    compared = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = state.get(name)
+                if tensor is None or not tensor.is_floating_point():
+                    continue
+                stored = handle.get_tensor(name)
+                if stored.shape != tensor.shape or not torch.equal(stored.to(tensor.dtype), tensor.detach().cpu()):
+                    return False
+                compared += 1
+    return compared > 0
 
 
 @dataclass

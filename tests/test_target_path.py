@@ -267,3 +267,18 @@ def test_gptq_folder_with_only_config_json_as_transformers_saves_it(gptq_dir, pu
     assert main(["resolve", "--target-path", str(folder), "--device", "cpu", "--json"]) == 0
     out, err = capsys.readouterr()
     assert f"{folder}: tiny-llama gptq-w4-g32" in err and json.loads(out)[0]["ref"] == published["ref"]
+
+
+def test_a_model_changed_after_loading_is_not_its_folder(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ctpreg.registry import describe_loaded
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    as_saved = describe_loaded(model, tokenizer)
+    assert as_saved.identity.startswith("checkpoint:") and as_saved.source == str(tiny_model_dir)
+    with torch.no_grad():  # e.g. an adapter merged into one projection
+        model.model.layers[1].self_attn.q_proj.weight[0, 0] += 1.0
+    changed = describe_loaded(model, tokenizer)
+    assert changed.identity.startswith("memory:") and changed.spec.canonical == as_saved.spec.canonical

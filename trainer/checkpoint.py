@@ -91,9 +91,10 @@ def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidInput(f"cannot load {folder} as a causal LM checkpoint: {first}") from None
     freeze(model)
-    # What the model runs is what the folder's config says (a dense GPTQ copy still holds the quantized values).
+    # What the model runs is what the folder's config says (a dense GPTQ copy still holds the quantized values), and
+    # it was loaded from these very files a moment ago.
     described = describe_loaded(model, tokenizer, folder=folder, method_hint=method_hint,
-                                quantization_config=quantization)
+                                quantization_config=quantization, verify_files=False)
     return LoadedCheckpoint(model, tokenizer, described, folder)
 
 
