@@ -107,7 +107,10 @@ def test_gptqmodel_checkpoint_is_validated_as_it_is(gptq_dir, published, tmp_pat
 
 def test_flags_against_the_checkpoint_are_refused_writing_nothing(gptq_dir, tmp_path, cli_env, capsys) -> None:
     home = Path(cli_env["CTPREG_HOME"])
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
     cases = [
+        (["--target-path", str(loop)], "Symlink loop"),
         (["--target-path", str(gptq_dir), "--bits", "3"], "--bits 3 disagrees with the checkpoint, which is gptq-w4-g32"),
         (["--target-path", str(gptq_dir), "--method", "bnb-nf4"], "--method bnb-nf4 disagrees"),
         (["--target-path", str(gptq_dir), "--group-size", "128"], "--group-size 128 disagrees"),
@@ -147,6 +150,10 @@ def test_compress_save_writes_checkpoints_that_resolve_reads(tiny_model_dir, pub
     assert "bitsandbytes quantizes at load time" in capsys.readouterr().err
     assert main([*base, "--method", "magnitude", "--sparsity", "0.5", "--save", str(tmp_path / "no" / "such")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert main([*base, "--method", "magnitude", "--sparsity", "0.5", "--save", str(loop / "x")]) == 2
+    assert "Symlink loop" in capsys.readouterr().err
     assert not (tmp_path / "bnb").exists() and not list(tmp_path.glob(".*.partial"))
 
 

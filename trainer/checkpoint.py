@@ -44,6 +44,14 @@ class LoadedCheckpoint:
     path: Path
 
 
+def _absolute(path: str | Path, option: str) -> Path:
+    """``path`` made absolute, or a one-line error for what cannot be (symlink loops, unreadable parents)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:
+        raise InvalidInput(f"{option} {path}: {exc}") from None
+
+
 def _config(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise InvalidInput(f"--target-path {path} is not a folder holding a checkpoint (config.json + weights)")
@@ -64,7 +72,7 @@ def _config(path: Path) -> dict[str, Any]:
 def precheck(path: str | Path, *, method_hint: str | None = None) -> CompressionSpec | None:
     """The checkpoint's compression from its files alone (no weights loaded), or None when only measuring the
     weights can tell; refuses what is not a checkpoint before anything heavy runs."""
-    folder = Path(path).expanduser().resolve()
+    folder = _absolute(path, "--target-path")
     facts = CheckpointFacts.from_folder(folder, config=_config(folder))
     try:
         return infer_compression(facts, method_hint=method_hint)
@@ -76,7 +84,7 @@ def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str 
     """Load ``path`` as it is and describe it; a clear ``InvalidInput`` for anything that is not a checkpoint."""
     from transformers import AutoTokenizer
 
-    folder = Path(path).expanduser().resolve()
+    folder = _absolute(path, "--target-path")
     config = _config(folder)
     quantization = CheckpointFacts.from_folder(folder, config=config).quantization_config
     quant_method = quant_method_of(quantization)
@@ -122,7 +130,9 @@ def check_savable(spec: CompressionSpec, folder: Path) -> Path:
                            "base model and load it with transformers' BitsAndBytesConfig")
     if spec.method == "none":
         raise InvalidInput("--save writes compressed models; the base model needs no ctpreg to be saved")
-    folder = folder.expanduser().resolve()
+    folder = _absolute(folder, "--save")
+    if folder == Path.cwd() or folder == folder.parent:
+        raise InvalidInput(f"--save {folder}: name a new folder, not the current directory or a root")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InvalidInput(f"--save {folder} exists and is not an empty folder; nothing written")
     if not folder.parent.is_dir():
