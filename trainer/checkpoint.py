@@ -109,16 +109,17 @@ def load_checkpoint(path: str | Path, *, device: str = "auto", method_hint: str 
 def _load_model(folder: Path, quant_method: str | None, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
+    target = resolve_device(device)
     if quant_method == "gptq":
         from .compress.gptq import dequantize_dense, load_packed
 
-        return dequantize_dense(load_packed(folder))
-    target = resolve_device(device)
+        return dequantize_dense(load_packed(folder)).to(target)
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if not quant_method:
         kwargs["dtype"] = torch.float32 if target.type == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    return model.to(target) if not quant_method else model
+    # bitsandbytes places its quantized layers itself; everything else is dense once loaded and can move
+    return model if quant_method == "bitsandbytes" else model.to(target)
 
 
 def check_savable(spec: CompressionSpec, folder: Path) -> Path:
