@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 LEGACY = "legacy"
@@ -73,7 +74,7 @@ def legacy_eval_key(label: str) -> str:
 _CHECKPOINT_FILES = ("*.safetensors", "*.bin", "config.json", "quantize_config.json", "ctpreg.json")
 
 
-def file_sha256(path: Any, chunk: int = 1 << 20) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -81,10 +82,8 @@ def file_sha256(path: Any, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_key(folder: Any, compression: str) -> str:
+def checkpoint_key(folder: Path, compression: str) -> str:
     """Target key of a checkpoint folder run as ``compression``: sha256 of its weight and config files."""
-    from pathlib import Path
-
     root = Path(folder)
     files = sorted({p for pattern in _CHECKPOINT_FILES for p in root.glob(pattern) if p.is_file()})
     if not any(p.suffix in (".safetensors", ".bin") for p in files):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,9 +139,15 @@ def quant_method_of(config: Mapping[str, Any] | None) -> str | None:
     return str(value).lower() if value else None
 
 
-def infer_compression(
-    facts: CheckpointFacts, *, sparsity: SparsityStats | None = None, method_hint: str | None = None
-) -> CompressionSpec:
+#: Measured sparsity, or a function that measures it: only called when the records cannot tell (it reads every weight).
+Sparsity = SparsityStats | Callable[[], SparsityStats | None] | None
+
+
+def _measured(sparsity: Sparsity) -> SparsityStats | None:
+    return sparsity() if callable(sparsity) else sparsity
+
+
+def infer_compression(facts: CheckpointFacts, *, sparsity: Sparsity = None, method_hint: str | None = None) -> CompressionSpec:
     """The checkpoint's compression spec, or ``InvalidInput`` saying what could not be told and how to say it."""
     config = dict(facts.quantization_config or {})
     quant_method = quant_method_of(config)
@@ -192,7 +198,7 @@ def _bitsandbytes(config: Mapping[str, Any]) -> CompressionSpec:
 
 
 def _compressed_tensors(
-    config: Mapping[str, Any], facts: CheckpointFacts, stats: SparsityStats | None, hint: str | None
+    config: Mapping[str, Any], facts: CheckpointFacts, sparsity: Sparsity, hint: str | None
 ) -> CompressionSpec:
     groups = config.get("config_groups") or {}
     sparse = config.get("sparsity_config") or {}
@@ -214,6 +220,7 @@ def _compressed_tensors(
         if not quant:
             raise InvalidInput("compressed-tensors config with neither quantized weights nor a sparsity_config")
         return build_spec(**quant)
+    stats = _measured(sparsity)
     structure = str(sparse.get("sparsity_structure", "unstructured"))
     recorded = sparse.get("global_sparsity")
     nm = structure if re.fullmatch(r"\d+:\d+", structure) else None
@@ -238,7 +245,8 @@ def _pruning_method(facts: CheckpointFacts, hint: str | None) -> str:
     raise InvalidInput("the checkpoint is pruned but does not record how; pass --method sparsegpt, wanda or magnitude")
 
 
-def _pruned_or_dense(facts: CheckpointFacts, stats: SparsityStats | None, hint: str | None) -> CompressionSpec:
+def _pruned_or_dense(facts: CheckpointFacts, sparsity: Sparsity, hint: str | None) -> CompressionSpec:
+    stats = _measured(sparsity)
     if stats is None:
         raise NeedsMeasurement("the checkpoint records no compression and its weights could not be measured")
     if stats.sparsity < MIN_PRUNED_SPARSITY and stats.nm is None:

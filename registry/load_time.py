@@ -91,15 +91,17 @@ def describe_loaded(
     loaded_config = quantization_config if quantization_config is not None else _quantization_config(model)
     if loaded_config is None:
         loaded_config = config_from_layers(model.modules())
-    facts = CheckpointFacts(quantization_config=loaded_config)
+    facts, same_load = CheckpointFacts(quantization_config=loaded_config), False
     if folder is not None:
         on_disk = CheckpointFacts.from_folder(folder)
         same_load = quant_method_of(on_disk.quantization_config) == quant_method_of(loaded_config)
         # The folder's records describe its files; a model quantized differently at load time is something else.
         facts = on_disk if same_load else CheckpointFacts(loaded_config, recipe_methods=on_disk.recipe_methods)
-    stats = measure_sparsity(layer.weight for layer in decoder_linears(model).values())
-    spec = infer_compression(facts, sparsity=stats, method_hint=method_hint)
-    if folder is not None and same_load and any(folder.glob("*.safetensors")) and (
+    spec = infer_compression(
+        facts, sparsity=lambda: measure_sparsity(layer.weight for layer in decoder_linears(model).values()),
+        method_hint=method_hint,
+    )
+    if same_load and any(folder.glob("*.safetensors")) and (
         not verify_files or _same_as_files(model, folder)
     ):
         identity, source = checkpoint_key(folder, spec.canonical), str(folder)
@@ -209,8 +211,8 @@ def attach(
     attribute says which prompt it carries and why.
 
     ``model_name`` picks the base model when several registered ones share the fingerprint; ``method`` names the
-    pruner when a pruned checkpoint does not record it. ``validate=True`` needs ``texts`` (for the packaged corpora:
-    ``ctpreg.trainer.data.split_texts("news", "validation")``).
+    pruner when a pruned checkpoint does not record it. ``validate=True`` needs ``texts`` (for a packaged corpus's
+    validation documents: ``ctpreg.trainer.data.load_corpus("news").split()[1]``).
     """
     from .client import Client
 
@@ -219,8 +221,8 @@ def attach(
     validator = None
     if validate:
         if texts is None:
-            raise InvalidInput("validate=True needs texts=[...] to measure on, e.g. "
-                               "ctpreg.trainer.data.split_texts('news', 'validation')")
+            raise InvalidInput("validate=True needs texts=[...] to measure on, e.g. the validation documents "
+                               "ctpreg.trainer.data.load_corpus('news').split()[1]")
         validator = InMemoryValidator(model, tokenizer, list(texts), described, seq_len=seq_len, max_windows=max_windows)
     resolved = client.resolve_loaded(described, model_name=model_name, validator=validator, top_k=top_k,
                                      min_gain=min_gain)

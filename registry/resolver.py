@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ValidationScope:
     """What a validator would measure on, known before measuring: the target's identity and the windows."""

@@ -143,3 +143,18 @@ def test_targets_keep_the_exact_compression() -> None:
 
     for text in ("sparsegpt-n2m4", "gptq-w4-g128+wanda-s50", "bnb-nf4", "gptq-w3-g64"):
         assert Target.for_spec("m", parse_compression(text)).spec.canonical == text
+
+
+def test_weights_are_measured_only_when_the_records_cannot_tell() -> None:
+    calls = []
+
+    def measure() -> SparsityStats:
+        calls.append(1)
+        return SparsityStats(0.5)
+
+    for facts in (CheckpointFacts(gptq_config(4, 128)), CheckpointFacts({"quant_method": "bitsandbytes", "load_in_8bit": True}),
+                  CheckpointFacts(recorded="magnitude-s50")):
+        infer_compression(facts, sparsity=measure)
+    assert calls == [], "a GPTQ, bitsandbytes or recorded checkpoint needs no pass over its weights"
+    pruned = CheckpointFacts(recipe_methods=("wanda",))
+    assert infer_compression(pruned, sparsity=measure).canonical == "wanda-s50" and calls == [1]

@@ -228,7 +228,9 @@ def test_attach_validates_on_the_in_memory_model(published, tmp_path, cli_env) -
     nll, tokens = perplexity_sums(loaded.model, cut_windows(loaded.tokenizer, texts, 32, 4, "texts"), None)
     assert ppl_without == pytest.approx(math.exp(nll / tokens))
     assert ppl_without == pytest.approx(direct_perplexity(loaded.model, cut_windows(loaded.tokenizer, texts, 32, 4, "t")))
-    with pytest.raises(Exception, match="needs texts"):
+    from ctpreg.registry.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="needs texts"):
         attach(loaded.model, loaded.tokenizer, validate=True)
 
 

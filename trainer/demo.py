@@ -157,11 +157,7 @@ def _transfer_row(registry: Registry, validator: TargetValidator, model: str, te
     except NoHelpfulPrompt:
         served, how = None, "no prompt helps: none served"
     note = f"{note}; {how}" if note else how
-    scope = validator.scope(target)
-    measured_here = replace(target, identity=scope.target_key)
-    best = served or next(
-        c for c in registry.candidates(measured_here, eval_key=scope.eval_data.key) if c.measurement is not None
-    )
+    best = served or _measured_candidate(registry, validator, target)
     measured = best.measurement
     assert measured is not None
     values = {"ppl_full": full, "ppl_compressed": measured.ppl_without, "ppl_prompted": measured.ppl_with}
@@ -172,3 +168,8 @@ def _transfer_row(registry: Registry, validator: TargetValidator, model: str, te
     )
 
 
+def _measured_candidate(registry: Registry, validator: TargetValidator, target: Target) -> Any:
+    """The best candidate measured on this target and these windows (when none was good enough to serve)."""
+    scope = validator.scope(target)
+    measured_here = replace(target, identity=scope.target_key)
+    return next(c for c in registry.candidates(measured_here, eval_key=scope.eval_data.key) if c.measurement is not None)

@@ -18,7 +18,7 @@ from ctpreg.registry.artifacts import PromptMetadata, read_artifact, serialize_a
 from ctpreg.registry.digest import sha256_hex
 from ctpreg.registry.recovery import gap_recovered
 from ctpreg.registry.errors import Conflict, InvalidInput
-from ctpreg.registry.identity import EvalData
+from ctpreg.registry.identity import EvalData, file_sha256
 from ctpreg.registry.prompted import window_digest
 from ctpreg.registry.records import BaseModelRecord
 
@@ -178,16 +178,29 @@ def evaluate_conditions(
     return report, compressed
 
 
-def eval_windows_for(
-    loaded: LoadedModel, *, dataset: str | None, text_file: Path | None, seq_len: int, max_windows: int
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class EvalSet:
+    """Evaluation windows and the identity of exactly those windows (what a figure measured on them names)."""
+
+    windows: torch.Tensor
+    data: EvalData
+
+
+def eval_set(tokenizer: Any, *, dataset: str | None, text_file: Path | None, seq_len: int, max_windows: int) -> EvalSet:
     """A dataset's validation split, or every window of a text file."""
     if (dataset is None) == (text_file is None):
         raise InvalidInput("give exactly one of --dataset or --text-file")
     if text_file is not None:
-        return all_windows(loaded.tokenizer, load_corpus(str(text_file)), seq_len=seq_len, limit=max_windows)
-    windows = make_windows(loaded.tokenizer, load_corpus(dataset), seq_len=seq_len, max_train=1, max_validation=max_windows)
-    return windows.validation
+        corpus = load_corpus(str(text_file))
+        windows = all_windows(tokenizer, corpus, seq_len=seq_len, limit=max_windows)
+        split, source = "all", file_sha256(text_file)
+    else:
+        corpus = load_corpus(dataset)
+        windows = make_windows(tokenizer, corpus, seq_len=seq_len, max_train=1, max_validation=max_windows).validation
+        split, source = "validation", None
+    data = EvalData(corpus=corpus.name, split=split, seq_len=seq_len, windows=int(windows.shape[0]),
+                    token_digest=window_digest(windows), source_sha256=source)
+    return EvalSet(windows, data)
 
 
 def load_prompt_for(loaded: LoadedModel, prompt: str, client: Any) -> torch.Tensor:

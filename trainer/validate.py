@@ -13,6 +13,7 @@ The registry stays torch-free: it only ever sees these objects through the ``Val
 
 from __future__ import annotations
 
+import abc
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -23,18 +24,16 @@ import torch
 
 from ctpreg.registry.artifacts import PromptArtifact
 from ctpreg.registry.errors import Conflict, InvalidInput
-from ctpreg.registry.identity import COMPRESSED, EvalData, file_sha256, target_key
+from ctpreg.registry.identity import COMPRESSED, target_key
 from ctpreg.registry.matcher import Target
-from ctpreg.registry.prompted import window_digest
 from ctpreg.registry.records import Measurement
 from ctpreg.registry.resolver import ValidationScope
 
 from .checkpoint import LoadedCheckpoint
 from .compress import CompressConfig, CompressionCache
-from .data import all_windows, load_corpus, make_windows
 from .evaluate import perplexity
 from .models import LoadedModel
-from .pipeline import calibration_windows, check_compatible, compress_loaded, load_base
+from .pipeline import EvalSet, calibration_windows, check_compatible, compress_loaded, eval_set, load_base
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +54,6 @@ class ValidationConfig:
             raise InvalidInput("validation needs --seq-len >= 2 and --max-windows >= 1")
 
 
-@dataclass(frozen=True)
-class EvalSet:
-    windows: torch.Tensor
-    data: EvalData
-
-
-def eval_set(tokenizer: Any, config: ValidationConfig) -> EvalSet:
-    """A dataset's validation split, or every window of a text file, with the identity of exactly those windows."""
-    if config.text_file is not None:
-        path = Path(config.text_file)
-        corpus = load_corpus(str(path))
-        windows = all_windows(tokenizer, corpus, seq_len=config.seq_len, limit=config.max_windows)
-        split, source = "all", file_sha256(path)
-    else:
-        if config.dataset is None:
-            raise InvalidInput("give a validation dataset or a text file")
-        corpus = load_corpus(config.dataset)
-        windows = make_windows(
-            tokenizer, corpus, seq_len=config.seq_len, max_train=1, max_validation=config.max_windows
-        ).validation
-        split, source = "validation", None
-    data = EvalData(corpus=corpus.name, split=split, seq_len=config.seq_len, windows=int(windows.shape[0]),
-                    token_digest=window_digest(windows), source_sha256=source)
-    return EvalSet(windows, data)
-
-
 @dataclass
 class _Baseline:
     key: str
@@ -88,7 +61,7 @@ class _Baseline:
     ppl: float
 
 
-class _PerplexityValidator:
+class _PerplexityValidator(abc.ABC):
     """Shared measuring: one target model in memory at a time, its unprompted perplexity measured once."""
 
     config: ValidationConfig
@@ -96,21 +69,25 @@ class _PerplexityValidator:
     _eval: EvalSet | None
     _current: _Baseline | None
 
-    def _tokenizer(self, target: Target) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _tokenizer(self, target: Target) -> Any: ...
 
-    def _target_key(self, target: Target) -> tuple[str, str | None]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _target_key(self, target: Target) -> tuple[str, str | None]: ...
 
-    def _target_model(self, target: Target) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _target_model(self, target: Target) -> Any: ...
 
-    def _check(self, artifact: PromptArtifact, target: Target) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _check(self, artifact: PromptArtifact, target: Target) -> None: ...
 
     def eval_set(self, target: Target) -> EvalSet:
         if self._eval is None:
-            self._eval = eval_set(self._tokenizer(target), self.config)
+            cfg = self.config
+            self._eval = eval_set(
+                self._tokenizer(target), dataset=None if cfg.text_file else cfg.dataset, text_file=cfg.text_file,
+                seq_len=cfg.seq_len, max_windows=cfg.max_windows,
+            )
             log.info("validating on %s", self._eval.data.describe())
         return self._eval
 
@@ -121,19 +98,18 @@ class _PerplexityValidator:
     def __call__(self, artifact: PromptArtifact, target: Target) -> Measurement:
         self._check(artifact, target)
         key, source = self._target_key(target)
+        evaluation = self.eval_set(target)
         if self._current is None or self._current.key != key:
             self._current = None  # free the previous target before loading the next
             model = self._target_model(target)
-            windows = self.eval_set(target).windows
-            baseline = perplexity(model, windows, label=f"validate {target.describe()}").ppl
+            baseline = perplexity(model, evaluation.windows, label=f"validate {target.describe()}").ppl
             self._current = _Baseline(key, model, baseline)
-        windows, data = self.eval_set(target).windows, self.eval_set(target).data
         prompt = torch.from_numpy(artifact.embeddings.astype("float32"))
-        with_prompt = perplexity(self._current.model, windows, prompt=prompt, label="validate prompted")
+        with_prompt = perplexity(self._current.model, evaluation.windows, prompt=prompt, label="validate prompted")
         self.calls += 1
         return Measurement(
-            ppl_without=self._current.ppl, ppl_with=with_prompt.ppl, eval_dataset=data.label,
-            eval_tokens=with_prompt.tokens, target_key=key, eval_data=data, target_source=source,
+            ppl_without=self._current.ppl, ppl_with=with_prompt.ppl, eval_dataset=evaluation.data.label,
+            eval_tokens=with_prompt.tokens, target_key=key, eval_data=evaluation.data, target_source=source,
         )
 
 

@@ -176,7 +176,9 @@ def evaluate(
         pipeline = _trainer()
         loaded = pipeline.load_base(model, model_path=model_path, device=device)
         prompt_tensor = pipeline.load_prompt_for(loaded, prompt, state(ctx).client) if prompt else None
-        windows = pipeline.eval_windows_for(loaded, dataset=dataset, text_file=text_file, seq_len=seq_len, max_windows=max_windows)
+        windows = pipeline.eval_set(
+            loaded.tokenizer, dataset=dataset, text_file=text_file, seq_len=seq_len, max_windows=max_windows
+        ).windows
         from ctpreg.trainer.evaluate import load_tasks, multiple_choice_accuracy
 
         task_items = load_tasks(tasks) if tasks else None
