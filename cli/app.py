@@ -6,7 +6,7 @@ import typer
 
 from ctpreg.registry.settings import Settings
 
-from .commands import admin, demo, generate, peft, prompts, report, resolve, train
+from .commands import admin, demo, generate, peft, prompts, proxy, report, resolve, train
 from .state import CliState
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ app.command("eval")(train.evaluate)
 app.command()(demo.demo)
 app.command()(report.report)
 app.command()(generate.generate)
+app.command()(proxy.proxy)
 app.command()(peft.export)
 app.command("import")(peft.import_)
 app.add_typer(prompts.alias_app, name="alias")

@@ -64,6 +64,20 @@ class ResolvedPrompt:
         tensor = torch.from_numpy(self.artifact.embeddings.copy())
         return tensor.to(dtype=dtype or tensor.dtype, device=device or "cpu")
 
+    def prompt_embeds(self, input_ids: Any, embedding_weight: Any) -> Any:
+        """``[P + L, H]``: this prompt followed by the rows of ``embedding_weight`` (the served model's input
+        embedding table) for ``input_ids``, in the table's dtype: vLLM's ``prompt_embeds`` input."""
+        from .prompted import embeds_with_prompt
+
+        return embeds_with_prompt(self.tensor(), input_ids, embedding_weight)
+
+    def prompt_embeds_batch(self, batch: Any, embedding_weight: Any) -> list[Any]:
+        """``prompt_embeds`` for each sequence of ids in ``batch`` (lengths may differ, so a list, not a stack)."""
+        from .prompted import embeds_with_prompt
+
+        prompt = self.tensor()
+        return [embeds_with_prompt(prompt, ids, embedding_weight) for ids in batch]
+
     def apply(self, model: Any, tokenizer: Any = None) -> Any:
         """Wrap a loaded HF causal LM so ``forward`` and ``generate`` prepend this prompt.
 

@@ -111,6 +111,32 @@ def describe_loaded(
     return LoadedTarget(fingerprint, vocab_size, hidden, spec, identity, source)
 
 
+def describe_folder(folder: Path, tokenizer: Any, *, vocab_size: int, hidden_size: int,
+                    method_hint: str | None = None) -> LoadedTarget:
+    """What the checkpoint in ``folder`` is, from its files alone (no model is built): the serving path's
+    counterpart of ``describe_loaded``, for an engine that loads the weights itself. ``vocab_size`` and
+    ``hidden_size`` are the shape of its input embedding table."""
+    fingerprint = embedding_fingerprint(tokenizer.get_vocab(), vocab_size=vocab_size, hidden_size=hidden_size)
+    spec = infer_compression(CheckpointFacts.from_folder(folder), sparsity=lambda: _stored_sparsity(folder),
+                             method_hint=method_hint)
+    return LoadedTarget(fingerprint, vocab_size, hidden_size, spec, checkpoint_key(folder, spec.canonical), str(folder))
+
+
+def _stored_sparsity(folder: Path) -> Any:
+    """Zeros in the decoder's Linear weights as stored, read tensor by tensor (a pruned folder that does not say
+    how it was pruned)."""
+    from safetensors import safe_open
+
+    def weights() -> Any:
+        for path in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    if ".layers." in f".{name}" and name.endswith(".weight"):
+                        yield handle.get_tensor(name)
+
+    return measure_sparsity(weights())
+
+
 def _same_as_files(model: Any, folder: Path) -> bool:
     """Whether every floating-point tensor the folder's safetensors files share with the model's state dict is
     unchanged. Integer tensors are skipped: GPTQModel rewrites packed zero-points into its internal format on load."""

@@ -55,6 +55,25 @@ def prepend_prompt(
     return torch.cat([prefix, embeds], dim=1), torch.cat([prefix_mask, mask], dim=1)
 
 
+def embeds_with_prompt(prompt: torch.Tensor | None, input_ids: Any, embedding_weight: torch.Tensor) -> torch.Tensor:
+    """``cat(prompt, embedding_weight[input_ids])`` as [P + L, H] in the table's dtype: what a serving engine that
+    takes ``prompt_embeds`` needs to run the prompted model exactly as ``PromptedModel`` runs it."""
+    if embedding_weight.dim() != 2:
+        raise InvalidInput(f"embedding table must be 2-D [vocab, hidden], got shape {tuple(embedding_weight.shape)}")
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() != 1 or ids.numel() == 0 or ids.is_floating_point() or ids.dtype == torch.bool:
+        raise InvalidInput("input_ids must be a non-empty 1-D sequence of token ids")
+    vocab, hidden = embedding_weight.shape
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise InvalidInput(f"token ids must lie in [0, {vocab}); got {int(ids.min())}..{int(ids.max())}")
+    tokens = embedding_weight[ids.to(device=embedding_weight.device, dtype=torch.long)]
+    if prompt is None:
+        return tokens
+    if prompt.dim() != 2 or prompt.shape[1] != hidden:
+        raise Conflict(f"prompt of shape {tuple(prompt.shape)} does not fit an embedding table of hidden size {hidden}")
+    return torch.cat([prompt.to(device=tokens.device, dtype=tokens.dtype), tokens], dim=0)
+
+
 def _decoder(model: nn.Module) -> nn.Module:
     decoder = model.get_decoder()
     if decoder is None:

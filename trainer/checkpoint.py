@@ -141,25 +141,45 @@ def check_savable(spec: CompressionSpec, folder: Path) -> Path:
     return folder
 
 
+SAVE_FORMATS = ("native", "hf")
+DENSE_NOTE = """# Dense copy of a {spec} model
+
+The weights here are the {spec} model's quantized values, dequantized once into {dtype}: the same function as the
+packed checkpoint (same logits up to the packed kernel's rounding), in the plain transformers layout any engine loads
+(vLLM's CPU backend has no GPTQ kernel). It is not smaller than the base model. `ctpreg.json` records the
+compression, so ctpreg treats this folder as the {spec} target it is.
+"""
+
+
 def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: Path, *, packed: Path | None,
-                    record: dict[str, Any]) -> Path:
+                    record: dict[str, Any], save_format: str = "native") -> Path:
     """Write the compressed model to ``folder`` as a standard checkpoint (temp folder, then rename).
 
-    GPTQ copies GPTQModel's packed checkpoint (``packed``); pruning saves the dense weights with their zeros. Joint
-    quantization + pruning and bitsandbytes have no such form here: joint specs run as dense fake-quant weights with
-    a mask GPTQ's packing does not keep, and bitsandbytes quantizes at load time (load the base checkpoint with a
+    ``native``: GPTQ copies GPTQModel's packed checkpoint (``packed``); pruning saves the dense weights with their
+    zeros. ``hf``: dense transformers weights for every method (for GPTQ the dequantized values, said so in the
+    folder's README.md), which serving engines without a kernel for the packed format load. Joint quantization +
+    pruning and bitsandbytes have no such form here: joint specs run as dense fake-quant weights with a mask GPTQ's
+    packing does not keep, and bitsandbytes quantizes at load time (load the base checkpoint with a
     ``BitsAndBytesConfig``).
     """
+    if save_format not in SAVE_FORMATS:
+        raise InvalidInput(f"--format must be one of {', '.join(SAVE_FORMATS)}")
     folder = check_savable(spec, folder)
     tmp = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    dense_copy = packed is not None and save_format == "hf"
     try:
-        if packed is not None:
+        if packed is not None and not dense_copy:
             shutil.copytree(packed, tmp)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            _plain_copy(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / RECORD_FILE).write_text(json.dumps({"compression": spec.canonical, **record}, indent=2) + "\n")
+        layout = "hf-dense" if dense_copy else ("gptqmodel-packed" if packed is not None else "hf")
+        (tmp / RECORD_FILE).write_text(json.dumps({"compression": spec.canonical, "format": layout, **record},
+                                                  indent=2) + "\n")
+        if dense_copy:
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+            (tmp / "README.md").write_text(DENSE_NOTE.format(spec=spec.canonical, dtype=dtype))
         if folder.exists():
             folder.rmdir()
         tmp.rename(folder)
@@ -167,3 +187,17 @@ def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _plain_copy(model: Any) -> Any:
+    """The model rebuilt from its config with the same tensors, so it saves as a plain transformers checkpoint
+    (a model read from a GGUF file remembers that origin and will not ``save_pretrained`` as it is)."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if getattr(config, "quantization_config", None) is not None:
+        raise InvalidInput("cannot write a quantized in-memory model as dense weights")
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    fresh.load_state_dict(model.state_dict(), assign=True)
+    return fresh

@@ -69,7 +69,8 @@ def compress_loaded(loaded: LoadedModel, config: CompressConfig, home: Path) -> 
     )
 
 
-def save_compressed(loaded: LoadedModel, compressed: CompressedModel, config: CompressConfig, folder: Path) -> Path:
+def save_compressed(loaded: LoadedModel, compressed: CompressedModel, config: CompressConfig, folder: Path,
+                    save_format: str = "native") -> Path:
     """``ctpreg compress --save``: the compressed model as a checkpoint other tools load without ctpreg."""
     from .checkpoint import save_checkpoint
 
@@ -81,7 +82,8 @@ def save_compressed(loaded: LoadedModel, compressed: CompressedModel, config: Co
         "calibration_windows": config.calibration_windows if config.needs_calibration else None,
         "calibration_sha256": (compressed.identity or {}).get("calibration") or None,
     }
-    return save_checkpoint(compressed.model, loaded.tokenizer, spec, folder, packed=packed, record=record)
+    return save_checkpoint(compressed.model, loaded.tokenizer, spec, folder, packed=packed, record=record,
+                           save_format=save_format)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ctpreg.registry.compression import build_spec
+from ctpreg.registry.errors import InvalidInput
 
 from ..options import BitsOption, GroupSizeOption, JsonFlag, SparsityOption
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
@@ -46,12 +47,18 @@ def compress(
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
     save: Annotated[Path | None, typer.Option("--save", help="Also write the compressed model to this new folder as a standard checkpoint (GPTQ: GPTQModel's packed format; pruning: dense weights with zeros), tokenizer included.")] = None,
+    save_format: Annotated[str, typer.Option("--format", help="--save layout: native (GPTQ packed) or hf (dense transformers weights, for serving engines without a GPTQ kernel, e.g. vLLM on CPU).")] = "native",
     as_json: JsonFlag = False,
 ) -> None:
     """Compress a model and cache the result (keyed by model, spec and calibration data) for train and eval.
 
     Example: ctpreg compress --model smollm2-135m --method gptq --bits 3 --save ./smollm2-gptq-w3
+    (add --format hf for a folder vLLM serves on CPU)
     """
+    if save_format not in ("native", "hf"):
+        raise InvalidInput("--format must be native or hf")
+    if save is None and save_format != "native":
+        raise InvalidInput("--format chooses --save's layout; add --save DIR")
     config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
     show_logs()
     with stdout_to_stderr():
@@ -62,7 +69,7 @@ def compress(
             save = check_savable(config.spec, save)
         loaded = pipeline.load_base(model, model_path=model_path, device=device)
         compressed = pipeline.compress_loaded(loaded, config, state(ctx).settings.home)
-        saved = pipeline.save_compressed(loaded, compressed, config, save) if save is not None else None
+        saved = pipeline.save_compressed(loaded, compressed, config, save, save_format) if save is not None else None
     report = {
         "model": model, "compression": config.spec.canonical, "severity_bits": config.spec.severity,
         "seconds": round(compressed.seconds, 1), "from_cache": compressed.from_cache,
