@@ -118,6 +118,12 @@ def s3_bucket(moto_endpoint: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def real_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CTPREG_HOME for the packaged-SmolLM2 tests: compressions cached by one test are reused by the next."""
+    return tmp_path_factory.mktemp("real-home")
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama saved as a local model folder (the path real users take with --model-path)."""
     from tiny import tiny_llama

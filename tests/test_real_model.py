@@ -15,17 +15,12 @@ from ctpreg.cli.main import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("real-home")
-
-
 @pytest.fixture
-def env(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def env(real_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for key in ("CTPREG_DB_URL", "CTPREG_STORE_URL", "CTPREG_CACHE_DIR", "CTPREG_OFFLINE"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("CTPREG_HOME", str(home))
-    return home
+    monkeypatch.setenv("CTPREG_HOME", str(real_home))
+    return real_home
 
 
 def run_json(capsys, *args: str) -> dict:
