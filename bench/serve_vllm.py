@@ -5,7 +5,8 @@ Three ways to send the same completions, side by side, at 1, 4 and 16 concurrent
 - ``vllm embeds``: straight to vLLM with ``prompt_embeds`` the client builds itself (``VllmPrompt``): the same engine
   work as through the proxy, so the proxy's own cost is the difference between this row and the next;
 - ``proxy``: plain text prompts to ``ctpreg proxy``, which adds the prompt and forwards ``prompt_embeds``.
-Every request generates exactly ``--max-tokens`` tokens (``ignore_eos``). Latency is per request, end to end.
+Every request generates exactly ``--max-tokens`` tokens (``ignore_eos``). Latency is per request, end to end. The
+paths take turns in rounds of 2 x clients requests, so a shared machine's drift falls on all three alike.
 
     python bench/serve_vllm.py --model-path ./smollm2-gptq-w3-hf --ref smollm2-135m/gptq-w3-g128/wiki:1
 
@@ -127,11 +128,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         vllm_url, proxy_url, served, processes = start_servers(args, Path(logs))
         try:
+            version = httpx.get(f"{vllm_url}/version", timeout=10).json().get("version", "unknown")
             health = httpx.get(f"{proxy_url}/health", timeout=10).json()
             prompt = health["prompt"]
             resolved = Client.from_env().fetch(prompt["ref"]) if prompt else None
             builder = VllmPrompt.from_checkpoint(args.model_path, resolved)
-            print(f"prompt: {prompt['ref'] if prompt else 'none'} ({prompt['num_virtual_tokens'] if prompt else 0} "
+            print(f"engine: vLLM {version} (CPU, fp32, eager); prompt: {prompt['ref'] if prompt else 'none'} ({prompt['num_virtual_tokens'] if prompt else 0} "
                   f"virtual tokens); {args.requests} requests per row, {args.max_tokens} new tokens each")
             common = {"model": served, "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True}
             prompts = texts(args.requests)
@@ -144,9 +146,17 @@ def main() -> None:
                 asyncio.run(run_level(url, bodies[:2], 2))
             rows = []
             for level in (int(c) for c in args.concurrency.split(",")):
-                for mode, (url, bodies) in modes.items():
-                    wall, latencies, tokens = asyncio.run(run_level(url, bodies, level))
-                    rows.append([mode, level, len(bodies), f"{tokens / wall:.1f}", f"{percentile(latencies, 0.5):.0f}",
+                # Rounds of 2 x clients requests rotate over the paths, so drift on a shared machine hits all alike.
+                totals = {mode: [0.0, [], 0] for mode in modes}
+                chunk = 2 * level
+                for start in range(0, args.requests, chunk):
+                    for mode, (url, bodies) in modes.items():
+                        wall, latencies, tokens = asyncio.run(run_level(url, bodies[start:start + chunk], level))
+                        totals[mode][0] += wall
+                        totals[mode][1].extend(latencies)
+                        totals[mode][2] += tokens
+                for mode, (wall, latencies, tokens) in totals.items():
+                    rows.append([mode, level, len(latencies), f"{tokens / wall:.1f}", f"{percentile(latencies, 0.5):.0f}",
                                  f"{percentile(latencies, 0.99):.0f}", f"{statistics.mean(latencies) * 1e3:.0f}"])
             print(markdown_table(["path", "clients", "requests", "tokens/s", "p50 ms", "p99 ms", "mean ms"], rows))
         finally:

@@ -24,7 +24,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ctpreg.registry.client import Client, ResolvedPrompt
-from ctpreg.registry.errors import Conflict, CtpregError, InvalidInput
+from ctpreg.registry.errors import CtpregError, InvalidInput
 from ctpreg.registry.load_time import LoadedTarget, describe_folder
 
 from .vllm import VllmPrompt, as_batch
@@ -74,13 +74,8 @@ def prepare(model_path: str | Path, *, client: Client | None, no_prompt: bool = 
     if no_prompt:
         return ServedPrompt(target, bare, None)
     client = client or Client.from_env()
-    if ref is not None:
-        resolved = client.fetch(ref)
-        if resolved.metadata.model_fingerprint != target.fingerprint:
-            raise Conflict(f"{ref} was trained for another embedding space than {folder}'s; it does not apply")
-    else:
-        resolved = client.resolve_loaded(target, model_name=model_name)
-    builder = VllmPrompt(table=bare.table, tokenizer=tokenizer, prompt=resolved.tensor().to(bare.table.dtype))
+    resolved = client.fetch(ref) if ref is not None else client.resolve_loaded(target, model_name=model_name)
+    builder = bare.carrying(resolved)
     return ServedPrompt(target, builder, resolved)
 
 

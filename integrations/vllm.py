@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.errors import Conflict, InvalidInput
 from ctpreg.registry.prompted import embeds_with_prompt
 
 if TYPE_CHECKING:
@@ -114,13 +114,25 @@ class VllmPrompt:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        prompt = None
-        if resolved is not None:
-            prompt = resolved.tensor()
-            if prompt.shape[1] != table.shape[1]:
-                raise InvalidInput(f"prompt hidden size {prompt.shape[1]} does not fit {folder}'s hidden size "
-                                   f"{table.shape[1]}")
-        return cls(table=table, tokenizer=tokenizer, prompt=prompt, add_special_tokens=add_special_tokens)
+        bare = cls(table=table, tokenizer=tokenizer, add_special_tokens=add_special_tokens)
+        return bare if resolved is None else bare.carrying(resolved)
+
+    @property
+    def fingerprint(self) -> str:
+        """The served model's embedding-space fingerprint (its tokenizer's vocabulary and the table's shape)."""
+        from ctpreg.registry.fingerprint import embedding_fingerprint
+
+        vocab_size, hidden = (int(n) for n in self.table.shape)
+        return embedding_fingerprint(self.tokenizer.get_vocab(), vocab_size=vocab_size, hidden_size=hidden)
+
+    def carrying(self, resolved: ResolvedPrompt) -> VllmPrompt:
+        """The same builder with ``resolved`` in front; refused unless the prompt shares this embedding space."""
+        if resolved.metadata.model_fingerprint != self.fingerprint:
+            raise Conflict(f"{resolved.record.ref} was trained for another embedding space than the served model's "
+                           "(tokenizer or embedding shape differ); it does not apply")
+        prompt = resolved.tensor().to(self.table.dtype)
+        return VllmPrompt(table=self.table, tokenizer=self.tokenizer, prompt=prompt,
+                          add_special_tokens=self.add_special_tokens)
 
     def token_ids(self, text_or_ids: TextOrIds) -> list[int]:
         if isinstance(text_or_ids, str):

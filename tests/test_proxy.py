@@ -265,6 +265,8 @@ def test_a_prompt_for_another_embedding_space_is_refused(served_dirs, published,
     out = run_json(capsys, "publish", str(tmp_path / "o.safetensors"))
     with pytest.raises(Conflict, match="another embedding space"):
         prepare(served_dirs["dense"], client=None, ref=f"{out['name']}:{out['version']}")
+    with pytest.raises(Conflict, match="another embedding space"):
+        VllmPrompt.from_checkpoint(served_dirs["dense"], Client.from_env().fetch(f"{out['name']}:{out['version']}"))
 
 
 def test_proxy_resolves_offline_once_resolved_online(served_dirs, published, monkeypatch) -> None:

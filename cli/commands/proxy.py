@@ -51,6 +51,8 @@ def proxy(
     import torch
     import uvicorn
 
+    # Per request the proxy gathers a few embedding rows; one thread keeps its work off the engine's cores.
+    torch.set_num_threads(1)
     from ctpreg.integrations.proxy import create_app, prepare
 
     served = prepare(
