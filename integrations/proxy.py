@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_TIMEOUT_S = 600.0
+#: Cap on prompt + text positions per request when the checkpoint's config names no context length.
+DEFAULT_MAX_REQUEST_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ServedPrompt:
     target: LoadedTarget
     builder: VllmPrompt
     resolved: ResolvedPrompt | None
+    max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS
 
     def describe(self) -> dict[str, Any]:
         prompt = None
@@ -52,13 +55,16 @@ class ServedPrompt:
                 "num_virtual_tokens": int(self.builder.prompt.shape[0]) if self.builder.prompt is not None else 0,
                 "tier": self.resolved.tier, "explanation": self.resolved.explanation,
             }
-        return {"prompt": prompt, "target": self.target.to_dict(), "add_special_tokens": self.builder.add_special_tokens}
+        return {"prompt": prompt, "target": self.target.to_dict(), "add_special_tokens": self.builder.add_special_tokens,
+                "max_request_tokens": self.max_request_tokens}
 
 
 def prepare(model_path: str | Path, *, client: Client | None, no_prompt: bool = False, ref: str | None = None,
-            model_name: str | None = None, method: str | None = None, dtype: Any = None) -> ServedPrompt:
+            model_name: str | None = None, method: str | None = None, dtype: Any = None,
+            max_request_tokens: int | None = None) -> ServedPrompt:
     """Describe the served checkpoint and choose its prompt: ``ref`` if given (it must share the checkpoint's
-    embedding space), else the matcher's choice for this checkpoint."""
+    embedding space), else the matcher's choice for this checkpoint. ``max_request_tokens`` (default: the
+    checkpoint's context length) bounds the embeddings one request may make the proxy build."""
     from transformers import AutoTokenizer
 
     folder = Path(model_path).expanduser().resolve()
@@ -71,12 +77,18 @@ def prepare(model_path: str | Path, *, client: Client | None, no_prompt: bool = 
     bare = VllmPrompt.from_checkpoint(folder, None, tokenizer=tokenizer, dtype=dtype)
     vocab_size, hidden = (int(n) for n in bare.table.shape)
     target = describe_folder(folder, tokenizer, vocab_size=vocab_size, hidden_size=hidden, method_hint=method)
+    limit = max_request_tokens or _context_length(folder)
     if no_prompt:
-        return ServedPrompt(target, bare, None)
+        return ServedPrompt(target, bare, None, limit)
     client = client or Client.from_env()
     resolved = client.fetch(ref) if ref is not None else client.resolve_loaded(target, model_name=model_name)
-    builder = bare.carrying(resolved)
-    return ServedPrompt(target, builder, resolved)
+    return ServedPrompt(target, bare.carrying(resolved), resolved, limit)
+
+
+def _context_length(folder: Path) -> int:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_MAX_REQUEST_TOKENS
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -113,8 +125,15 @@ def with_prompt(body: dict[str, Any], served: ServedPrompt) -> dict[str, Any]:
     for item in batch:
         if not isinstance(item, str) and any(t < 0 or t >= vocab for t in item):
             raise InvalidInput(f"token ids must lie in [0, {vocab})")
+        if isinstance(item, str) and len(item) > 8 * served.max_request_tokens:  # no tokenizer makes that fit
+            raise InvalidInput(f"prompt longer than this proxy's {served.max_request_tokens} positions per request")
+    ids = [served.builder.token_ids(item) for item in batch]
+    positions = sum(len(item) for item in ids) + len(ids) * int(served.builder.prompt.shape[0])
+    if positions > served.max_request_tokens:
+        raise InvalidInput(f"the request needs {positions} positions (prompt included), over this proxy's "
+                           f"{served.max_request_tokens} per request")
     forwarded = {key: value for key, value in body.items() if key != "prompt"}
-    encoded = served.builder.completion_body(batch, model=str(body.get("model", "")))["prompt_embeds"]
+    encoded = served.builder.completion_body(ids, model=str(body.get("model", "")))["prompt_embeds"]
     forwarded["prompt_embeds"] = encoded
     return forwarded
 

@@ -224,7 +224,7 @@ def test_no_prompt_passes_requests_through_unchanged(served_dirs, published) -> 
 
 
 def test_bad_requests_and_engine_failures_are_clean_http_errors(served_dirs, published) -> None:
-    served = prepare(served_dirs["dense"], client=None)
+    served = prepare(served_dirs["dense"], client=None, max_request_tokens=300)
     engine = Engine()
     with proxy_client(served, engine, max_body_bytes=4096) as http:
         cases = [
@@ -236,6 +236,8 @@ def test_bad_requests_and_engine_failures_are_clean_http_errors(served_dirs, pub
             ({"json": {"model": "m", "prompt": [1, 10**9]}}, 400, "token ids"),
             ({"json": {"model": "m", "prompt": [[1], "x"]}}, 400, "prompt must be"),
             ({"json": {"model": "m", "prompt": "x" * 5000}}, 413, "over 4096 bytes"),
+            ({"json": {"model": "m", "prompt": [[7] * 40] * 30}}, 400, "over this proxy's 300 per request"),
+            ({"json": {"model": "m", "prompt": "y" * 3000}}, 400, "longer than this proxy's"),
         ]
         for request, status, message in cases:
             answer = http.post("/v1/completions", **request)

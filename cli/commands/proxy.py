@@ -29,6 +29,7 @@ def proxy(
     dtype: Annotated[str, typer.Option(help="The dtype the vLLM server runs the model in, if not the stored one (its --dtype).")] = "auto",
     no_prompt: Annotated[bool, typer.Option("--no-prompt", help="Pass requests through unchanged (A/B against the same server).")] = False,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, max=1 << 30, help="Largest request body accepted (413 above).")] = 1 << 20,
+    max_request_tokens: Annotated[int | None, typer.Option("--max-request-tokens", min=1, max=1 << 20, help="Most positions (prompt + text, summed over a batch) one request may use; default the checkpoint's context length.")] = None,
     timeout: Annotated[float, typer.Option(min=1.0, max=86400.0, help="Seconds to wait for the upstream's answer (504 after).")] = 600.0,
 ) -> None:
     """OpenAI-compatible /v1/completions that puts the resolved prompt in front of every request and forwards it
@@ -57,7 +58,7 @@ def proxy(
 
     served = prepare(
         model_path, client=None if no_prompt else state(ctx).client, no_prompt=no_prompt, ref=ref, model_name=model,
-        method=method, dtype=None if dtype == "auto" else getattr(torch, dtype),
+        method=method, dtype=None if dtype == "auto" else getattr(torch, dtype), max_request_tokens=max_request_tokens,
     )
     described = served.describe()
     what = "no prompt (pass-through)" if served.resolved is None else (
