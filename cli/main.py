@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 
-import click
+import typer
 
 from ctpreg.registry.errors import CtpregError
 
@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors: typer bundles its own click, so these are typer's classes
         exc.show()
         return exc.exit_code
     return result if isinstance(result, int) else 0

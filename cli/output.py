@@ -26,19 +26,23 @@ def console() -> Console:
 
 
 def info(message: str) -> None:
+    """One message to stderr, printed literally: names, datasets and paths come from users and artifacts, so
+    nothing in them may act as rich markup (``[/bold]`` would crash, ``[link=...]`` would become a hyperlink)."""
     from rich.console import Console
 
-    Console(stderr=True, soft_wrap=True).print(message, highlight=False)
+    Console(stderr=True, soft_wrap=True).print(message, highlight=False, markup=False)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table whose title and cells are literal text (``Text``), never markup, for the same reason as ``info``."""
     from rich.table import Table
+    from rich.text import Text
 
-    grid = Table(title=title, show_lines=False, header_style="bold")
+    grid = Table(title=Text(title) if title is not None else None, show_lines=False, header_style="bold")
     for column in columns:
-        grid.add_column(column, overflow="fold")
+        grid.add_column(Text(column), overflow="fold")
     for row in rows:
-        grid.add_row(*("" if cell is None else str(cell) for cell in row))
+        grid.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
     console().print(grid)
 
 

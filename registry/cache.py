@@ -16,25 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .digest import sha256_hex
 from .errors import StoreError
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .files import atomic_write
 
 
 def _key(parts: dict[str, Any]) -> str:
@@ -66,16 +53,22 @@ class PromptCache:
         if sha256_hex(data) != sha256:
             raise StoreError(f"refusing to cache bytes that do not hash to {sha256[:12]}…")
         path = self.blob_path(sha256)
-        _atomic_write(path, data)
+        atomic_write(path, data)
         return path
 
     def get_ref(self, kind: str, parts: dict[str, Any]) -> dict[str, Any] | None:
+        """The entry remembered for ``parts``, or None when there is none or it is not one this cache wrote for
+        exactly these parts (corrupt, another type, bad UTF-8, or a file copied under another key)."""
         path = self.root / "refs" / kind / f"{_key(parts)}.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             return None
+        if not isinstance(entry, dict) or entry.get("key") != json.loads(json.dumps(parts, default=str)):
+            return None
+        value = entry.get("value")
+        return value if isinstance(value, dict) else None
 
     def put_ref(self, kind: str, parts: dict[str, Any], value: dict[str, Any]) -> None:
         path = self.root / "refs" / kind / f"{_key(parts)}.json"
-        _atomic_write(path, json.dumps(value, sort_keys=True, default=str).encode())
+        atomic_write(path, json.dumps({"key": parts, "value": value}, sort_keys=True, default=str).encode())

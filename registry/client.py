@@ -24,7 +24,7 @@ from .cache import PromptCache
 from .errors import IntegrityError, OfflineMiss
 from .matcher import Target
 from .records import PromptRecord
-from .refs import parse_ref
+from .refs import PromptRef, parse_ref
 from .resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K, Validator, resolve
 from .service import Registry
 from .settings import Settings
@@ -150,11 +150,13 @@ class Client:
     ) -> ResolvedPrompt:
         if self.settings.offline:
             remembered = self.cache.get_ref("targets", key)
-            if remembered is None:
+            record = _cached_record(remembered)
+            if record is None:
                 what = target.describe() if target is not None else "this model"
-                raise OfflineMiss(f"offline and {what} was never resolved on this machine")
-            record = PromptRecord.from_dict(remembered["prompt"])
-            return self._offline_prompt(record, tier=remembered["tier"], explanation=remembered["explanation"])
+                raise OfflineMiss(f"offline and {what} was never resolved on this machine (or its cache entry is "
+                                  "unreadable)")
+            assert remembered is not None
+            return self._offline_prompt(record, tier=remembered.get("tier"), explanation=remembered.get("explanation"))
         assert target is not None
         resolution = resolve(self.registry, target, validator=validator, top_k=top_k, min_gain=min_gain)
         served = resolution.served
@@ -171,9 +173,10 @@ class Client:
         key = {"ref": str(parsed)}
         immutable = parsed.version is not None or (parsed.sha_prefix is not None and len(parsed.sha_prefix) == 64)
         if self.settings.offline or immutable:
-            remembered = self.cache.get_ref("prompts", key)
-            if remembered is not None:
-                record = PromptRecord.from_dict(remembered["prompt"])
+            record = _cached_record(self.cache.get_ref("prompts", key))
+            if record is not None and not _answers(record, parsed):
+                record = None  # an entry that names another prompt is not an answer for this ref
+            if record is not None:
                 if self.settings.offline:
                     return self._offline_prompt(record)
                 prompt = self._cached_prompt(record)
@@ -206,3 +209,22 @@ class Client:
                 f"offline and the cached bytes of {record.ref} are missing or corrupt; fetch it again online"
             )
         return prompt
+
+
+def _cached_record(remembered: dict[str, Any] | None) -> PromptRecord | None:
+    """The prompt record in a cache entry, or None when the entry does not hold a well-formed one."""
+    if remembered is None or not isinstance(remembered.get("prompt"), dict):
+        return None
+    try:
+        return PromptRecord.from_dict(remembered["prompt"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _answers(record: PromptRecord, ref: PromptRef) -> bool:
+    """Whether ``record`` is what ``ref`` names (an alias can only be checked by the registry, so by name here)."""
+    if ref.sha_prefix is not None:
+        return record.sha256.startswith(ref.sha_prefix)
+    if ref.version is not None:
+        return record.name == ref.name and record.version == ref.version
+    return record.name == ref.name

@@ -143,19 +143,20 @@ def _percent(fraction: float | None) -> str:
     return f"{round((fraction or 0.0) * 100, 4):g}"
 
 
-_QUANT_RE = re.compile(r"^(?P<method>gptq)-w(?P<bits>\d+)-g(?P<group>\d+)$|^(?P<fixed>bnb-(?:nf4|fp4|int8))$")
-_PRUNE_RE = re.compile(r"^(?P<method>[a-z]+)-(?:s(?P<pct>\d+(?:\.\d+)?)|n(?P<n>\d+)m(?P<m>\d+))$")
+# Full matches over ASCII digits of bounded length: no trailing newline, no other scripts' digits, no integer that
+# overflows a database column.
+_QUANT_RE = re.compile(r"(?P<method>gptq)-w(?P<bits>[0-9]{1,2})-g(?P<group>[0-9]{1,6})|(?P<fixed>bnb-(?:nf4|fp4|int8))")
+_PRUNE_RE = re.compile(r"(?P<method>[a-z]{1,32})-(?:s(?P<pct>[0-9]{1,3}(?:\.[0-9]{1,6})?)|n(?P<n>[0-9]{1,3})m(?P<m>[0-9]{1,3}))")
 
 
 def parse_compression(text: str) -> CompressionSpec:
     """Parse a canonical compression string back into a spec (the inverse of ``CompressionSpec.canonical``)."""
-    text = text.strip()
     if text == "none":
         return CompressionSpec()
     parts = text.split("+")
     if len(parts) > 2:
         raise InvalidInput(f"malformed compression {text!r}: at most one quantizer and one pruner")
-    quant = _QUANT_RE.match(parts[0])
+    quant = _QUANT_RE.fullmatch(parts[0])
     prune_text = parts[1] if quant and len(parts) == 2 else (parts[0] if not quant else None)
     if len(parts) == 2 and not quant:
         raise InvalidInput(f"malformed compression {text!r}: a joint spec starts with its quantizer")
@@ -166,7 +167,7 @@ def parse_compression(text: str) -> CompressionSpec:
         else:
             fields.update(method="gptq", bits=int(quant["bits"]), group_size=int(quant["group"]))
     if prune_text is not None:
-        prune = _PRUNE_RE.match(prune_text)
+        prune = _PRUNE_RE.fullmatch(prune_text)
         if not prune:
             raise InvalidInput(f"malformed compression {text!r}; examples: gptq-w3-g128, bnb-nf4, sparsegpt-s50")
         fields["prune_method"] = prune["method"]
@@ -191,7 +192,7 @@ def build_spec(
     """Build a spec from CLI-style options; ``nm`` is ``"2:4"``."""
     n = m = None
     if nm:
-        match = re.fullmatch(r"(\d+):(\d+)", nm.strip())
+        match = re.fullmatch(r"([0-9]{1,3}):([0-9]{1,3})", nm.strip())
         if not match:
             raise InvalidInput(f"n:m pattern must look like 2:4, got {nm!r}")
         n, m = int(match[1]), int(match[2])

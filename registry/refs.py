@@ -2,7 +2,7 @@
 
 A name is ``/``-separated segments of letters, digits and ``._+-`` (each starting with a letter or digit), so it can
 never climb out of a folder or collide with reference syntax. A reference is one of:
-``name`` (its ``latest`` alias), ``name:VERSION``, ``name@ALIAS``, or a sha256 prefix of at least 8 hex characters.
+``name`` (its ``latest`` alias), ``name:VERSION``, ``name@ALIAS``, or a sha256 prefix of at least 8 hex characters. Every check is a full match (``$`` would accept a trailing newline).
 """
 
 from __future__ import annotations
@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from .errors import InvalidInput
 
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
-_NAME_RE = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,7}}$")
-_ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
-_SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{8,64}$")
-_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_NAME_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,7}}")
+_ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+_SHA_PREFIX_RE = re.compile(r"[0-9a-f]{8,64}")
+_FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_VERSION_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits, and a version that fits every integer column
 LATEST = "latest"
 
 
 def check_name(name: str) -> str:
-    if _SHA_PREFIX_RE.match(name):
+    if _SHA_PREFIX_RE.fullmatch(name):
         raise InvalidInput(f"invalid prompt name {name!r}: 8 or more hex digits read as a sha256 prefix; add a letter")
-    if not _NAME_RE.match(name) or ".." in name:
+    if not _NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidInput(
             f"invalid prompt name {name!r}: use '/'-separated segments of letters, digits and '._+-', "
             "each starting with a letter or digit (e.g. smollm2-135m/gptq-w3-g128/wiki)"
@@ -33,19 +34,19 @@ def check_name(name: str) -> str:
 
 
 def check_model_name(name: str) -> str:
-    if not _MODEL_RE.match(name):
+    if not _MODEL_RE.fullmatch(name):
         raise InvalidInput(f"invalid model name {name!r}: letters, digits and '._+-', starting with a letter or digit")
     return name
 
 
 def check_fingerprint(fingerprint: str) -> str:
-    if not _FINGERPRINT_RE.match(fingerprint):
+    if not _FINGERPRINT_RE.fullmatch(fingerprint):
         raise InvalidInput(f"invalid fingerprint {fingerprint!r}: expected 'sha256:' and 64 lowercase hex digits")
     return fingerprint
 
 
 def check_alias(alias: str) -> str:
-    if not _ALIAS_RE.match(alias):
+    if not _ALIAS_RE.fullmatch(alias):
         raise InvalidInput(f"invalid alias {alias!r}: a letter, then letters, digits or '._-' (e.g. prod)")
     return alias
 
@@ -68,16 +69,16 @@ class PromptRef:
 
 
 def parse_ref(text: str) -> PromptRef:
-    text = text.strip()
-    if _SHA_PREFIX_RE.match(text):
+    if _SHA_PREFIX_RE.fullmatch(text):
         return PromptRef(sha_prefix=text)
     if "@" in text:
         name, _, alias = text.rpartition("@")
         return PromptRef(name=check_name(name), alias=check_alias(alias))
     if ":" in text:
         name, _, version = text.rpartition(":")
-        if not version.isdigit() or int(version) < 1:
-            raise InvalidInput(f"malformed reference {text!r}: the version after ':' must be a positive integer")
+        if not _VERSION_RE.fullmatch(version) or int(version) < 1:
+            raise InvalidInput(f"malformed reference {text!r}: the version after ':' must be a positive integer "
+                               "(at most 9 digits)")
         return PromptRef(name=check_name(name), version=int(version))
     try:
         return PromptRef(name=check_name(text), alias=LATEST)

@@ -8,6 +8,7 @@ object because rows are written after their objects.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_GC_GRACE_SECONDS = 3600
+MAX_GC_GRACE_SECONDS = 10 * 365 * 86400
 DEFAULT_CANDIDATES = 20
 
 
@@ -164,17 +166,26 @@ class Registry:
             crud.deprecate(session, prompt=record)
         return self.get(record.ref)
 
-    def gc(self, *, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS, dry_run: bool = False) -> list[ObjectInfo]:
-        """Remove store objects no prompt references that are older than the grace period."""
-        if grace_seconds < 0:
-            raise InvalidInput("grace must be >= 0 seconds")
+    def gc(self, *, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS, dry_run: bool = False,
+           allow_empty_db: bool = False) -> list[ObjectInfo]:
+        """Remove store objects no prompt references, and partial uploads a killed writer left, that are older than
+        the grace period.
+
+        A DB that references nothing in front of a store that holds objects is refused (unless ``allow_empty_db``):
+        that is a lost or replaced DB, and collecting would delete every prompt; ``reindex`` re-registers them.
+        """
+        if not math.isfinite(grace_seconds) or not 0 <= grace_seconds <= MAX_GC_GRACE_SECONDS:
+            raise InvalidInput(f"grace must be between 0 and {MAX_GC_GRACE_SECONDS} seconds")
         cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
         with self.db.session() as session:
             referenced = crud.referenced_shas(session)
-        orphans = [
-            item for item in self.store.list()
-            if sha_of_key(item.key) not in referenced and item.modified <= cutoff
-        ]
+        stored = list(self.store.list())
+        if not referenced and stored and not allow_empty_db:
+            raise Conflict(
+                f"the metadata DB references no prompt but {self.store.url} holds {len(stored)} object(s): a lost or "
+                "replaced DB? `ctpreg reindex` registers them again; `ctpreg gc --allow-empty-db` deletes them"
+            )
+        orphans = [item for item in stored if sha_of_key(item.key) not in referenced and item.modified <= cutoff]
         removed = []
         for item in orphans:
             fresh = next(iter(self.store.list(prefix=item.key)), None)
@@ -186,7 +197,25 @@ class Registry:
             if not dry_run:
                 self.store.delete(item.key)
             removed.append(item)
+        for partial in self.store.partial_uploads(cutoff):
+            if not dry_run:
+                self.store.delete_partial(partial)
+            removed.append(partial)
         return removed
+
+    def reindex(self) -> list[PublishResult]:
+        """Register every artifact in the store into this DB (each under its default name; artifacts describe
+        themselves), e.g. after the DB was lost. Idempotent: prompts already registered are left as they are."""
+        from .artifacts import parse_artifact
+
+        results = []
+        for item in self.store.list():
+            sha = sha_of_key(item.key)
+            if sha is None:
+                continue
+            data = self.store.get_verified(item.key, sha)
+            results.append(self.publish_bytes(data, artifact=parse_artifact(data, source=item.key)))
+        return results
 
     # --- base models ---------------------------------------------------------------------------------------------
 

@@ -181,7 +181,7 @@ def test_os_and_migration_errors_are_one_line(cli_env, tmp_path, capsys) -> None
     path = write_artifact_file(tmp_path / "p.safetensors", seed=5)
     name = cli_json(capsys, "publish", str(path))["name"]
     code, _, err = cli(capsys, "fetch", f"{name}:1", "-o", str(tmp_path / "missing" / "x.safetensors"))
-    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     code, _, err = cli(capsys, "db", "upgrade", "bogus")
     assert code == 2 and "bogus" in err and err.count("\n") == 1
 

@@ -9,7 +9,7 @@ import typer
 from ctpreg.registry.refs import check_fingerprint, check_model_name
 from ctpreg.registry.db.engine import SCHEMA_REVISION, Database, safe_url
 from ctpreg.registry.records import BaseModelRecord
-from ctpreg.registry.service import DEFAULT_GC_GRACE_SECONDS
+from ctpreg.registry.service import DEFAULT_GC_GRACE_SECONDS, MAX_GC_GRACE_SECONDS
 
 from ..options import JsonFlag
 from ..output import emit_json, info, table
@@ -77,13 +77,23 @@ def models_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 def gc(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
-    grace: Annotated[float, typer.Option(min=0, help="Keep unreferenced objects younger than this many seconds.")] = DEFAULT_GC_GRACE_SECONDS,
+    grace: Annotated[float, typer.Option(min=0, max=MAX_GC_GRACE_SECONDS, help="Keep unreferenced objects younger than this many seconds.")] = DEFAULT_GC_GRACE_SECONDS,
+    allow_empty_db: Annotated[bool, typer.Option("--allow-empty-db", help="Collect even when the DB references no prompt at all (otherwise refused: a lost DB would empty the store).")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Remove stored objects no prompt references (left by interrupted publishes)."""
-    removed = state(ctx).registry.gc(grace_seconds=grace, dry_run=dry_run)
+    """Remove stored objects no prompt references, and partial uploads of killed publishes, older than --grace."""
+    removed = state(ctx).registry.gc(grace_seconds=grace, dry_run=dry_run, allow_empty_db=allow_empty_db)
     if as_json:
         emit_json({"dry_run": dry_run, "objects": [{"key": o.key, "size": o.size} for o in removed]})
         return
     verb = "would remove" if dry_run else "removed"
     info(f"{verb} {len(removed)} unreferenced object(s), {sum(o.size for o in removed)} bytes")
+
+
+def reindex(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Register every prompt in the object store into the metadata DB (after a lost or new DB); idempotent."""
+    results = state(ctx).registry.reindex()
+    if as_json:
+        emit_json([{"ref": r.prompt.ref, "sha256": r.prompt.sha256, "created": r.created} for r in results])
+        return
+    info(f"{sum(r.created for r in results)} prompt(s) registered, {sum(not r.created for r in results)} already there")

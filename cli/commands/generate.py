@@ -63,5 +63,5 @@ def generate(
     if as_json:
         emit_json({"text": text, "completion": completion, "prompt": prompt_ref, "compression": spec.canonical})
         return
-    info(f"[dim]{model} {spec.canonical}, prompt: {prompt_ref or 'none'}[/dim]")
+    info(f"{model} {spec.canonical}, prompt: {prompt_ref or 'none'}")
     print(text + completion)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ctpreg.registry.files import check_output, write_output
 from ctpreg.registry.records import PromptRecord
 
 from ..options import BitsOption, DatasetOption, JsonFlag, MethodOption, ModelOption, RefArgument
@@ -31,7 +31,7 @@ def publish(
         emit_json({"name": record.name, "version": record.version, "sha256": record.sha256, "created": result.created})
         return
     verb = "published" if result.created else "already published as"
-    info(f"{verb} [bold]{record.ref}[/bold]  sha256 {record.sha256}")
+    info(f"{verb} {record.ref}  sha256 {record.sha256}")
 
 
 def list_prompts(
@@ -83,13 +83,12 @@ def fetch(
     as_json: JsonFlag = False,
 ) -> None:
     """Download a prompt into the local cache (sha256-verified) and optionally copy it to a file."""
+    if output is not None:
+        check_output(output)  # before anything is downloaded
     prompt = state(ctx).client.fetch(ref)
     target = prompt.path
     if output is not None:
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_bytes(prompt.data)
-        os.replace(tmp, output)
-        target = output
+        target = write_output(output, prompt.data)
     if as_json:
         emit_json({"ref": prompt.record.ref, "sha256": prompt.record.sha256, "path": str(target)})
     else:

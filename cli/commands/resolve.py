@@ -87,7 +87,7 @@ def resolve(
             for i, c in enumerate(resolution.candidates, 1)
         ],
     )
-    info(f"serve: [bold]{resolution.served.prompt.ref}[/bold] (sha256 {resolution.served.prompt.sha256[:12]})")
+    info(f"serve: {resolution.served.prompt.ref} (sha256 {resolution.served.prompt.sha256[:12]})")
 
 
 def _checkpoint_target(ctx: typer.Context, path: Path, *, model: str | None, method: str | None, bits: int | None,

@@ -55,6 +55,14 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = PROMPT_PREFIX) -> Iterator[ObjectInfo]: ...
 
+    def partial_uploads(self, older_than: datetime) -> list[ObjectInfo]:
+        """Temp files a killed writer left behind, last written before ``older_than`` (none where a store writes an
+        object in one request, as S3's single PUT does)."""
+        return []
+
+    def delete_partial(self, item: ObjectInfo) -> None:
+        raise NotImplementedError
+
     def touch(self, key: str) -> None:
         """Refresh an object's modification time, so ``gc``'s grace period protects a publish that reuses it."""
         self.put(key, self.get(key))

@@ -1,14 +1,14 @@
-"""``file://`` object store: a folder, written with temp file + ``os.replace`` so readers never see half an object."""
+"""``file://`` object store: a folder, written whole (``files.atomic_write``) so readers never see half an object."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import InvalidInput, NotFound, StoreError
+from ..files import atomic_write
 from .base import PROMPT_PREFIX, ObjectInfo, ObjectStore
 
 
@@ -26,17 +26,7 @@ class LocalStore(ObjectStore):
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, data, durable=True)
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -63,6 +53,20 @@ class LocalStore(ObjectStore):
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot delete {key}: {exc.strerror or exc}") from exc
+
+    def partial_uploads(self, older_than: datetime) -> list[ObjectInfo]:
+        """``atomic_write``'s temp files (``.<name>.<random>.tmp``) under the prompts folder, as relative keys."""
+        base = self.root / PROMPT_PREFIX.rstrip("/")
+        found = []
+        for path in sorted(base.rglob(".*.tmp")) if base.is_dir() else []:
+            stat = path.stat()
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+            if path.is_file() and modified <= older_than:
+                found.append(ObjectInfo(key=path.relative_to(self.root).as_posix(), size=stat.st_size, modified=modified))
+        return found
+
+    def delete_partial(self, item: ObjectInfo) -> None:
+        self.delete(item.key)
 
     def list(self, prefix: str = PROMPT_PREFIX) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/") or ".")

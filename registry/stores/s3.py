@@ -7,8 +7,10 @@ botocore error is converted to a ``StoreError`` (or ``NotFound``) here, where it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -17,6 +19,7 @@ from ..digest import sha256_hex
 from .base import PROMPT_PREFIX, ObjectInfo, ObjectStore, object_key
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _ALREADY_THERE = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 
 
@@ -30,8 +33,12 @@ class S3Store(ObjectStore):
         from botocore.config import Config
 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise InvalidInput(f"malformed S3 URL {url!r}: expected s3://bucket[/prefix]")
+        if not _BUCKET_RE.fullmatch(bucket) or any(c in prefix for c in "\x00?#%\\") or not prefix.isprintable():
+            raise InvalidInput(f"malformed S3 URL {url!r}: expected s3://bucket[/prefix] (bucket: 3-63 of a-z 0-9 . -)")
+        if endpoint_url is not None:
+            parsed = urlparse(endpoint_url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname or "\x00" in endpoint_url:
+                raise InvalidInput(f"S3 endpoint URL {endpoint_url!r} must be http(s)://host[:port]")
         self.url = url
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""

@@ -1,0 +1,168 @@
+"""Adversarial inputs and faults: each gets a one-line error and a non-zero exit, and nothing is lost."""
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from ctpreg.cli.main import main
+from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.refs import check_alias, check_fingerprint, check_model_name, check_name, parse_ref
+from ctpreg.registry.compression import parse_compression
+from ctpreg.registry.stores import open_store
+from helpers import FP_A, write_artifact_file
+
+
+def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def objects(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "objects").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("check, value", [
+    (check_name, "team/p\n"), (check_alias, "prod\n"), (check_model_name, "llama-7b\n"),
+    (check_fingerprint, FP_A + "\n"), (parse_compression, "gptq-w3-g128\nx"),
+])
+def test_a_trailing_newline_is_not_part_of_a_valid_name(check, value: str) -> None:
+    with pytest.raises(InvalidInput):
+        check(value)
+
+
+@pytest.mark.parametrize("ref", ["x:99999999999999999999", "x:²", "x:١", "x:0", "x:-1", "x:1\n2", "x@prod\n"])
+def test_odd_versions_and_refs_are_one_line_errors(ref: str, cli_env, capsys) -> None:
+    with pytest.raises(InvalidInput):
+        parse_ref(ref)
+    code, out, err = cli(capsys, "show", ref)
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("spec", ["gptq-w٣-g128", "gptq-w3-g99999999999999999999", "sparsegpt-s50\n", "magnitude-n2m٤"])
+def test_compressions_with_odd_digits_are_refused(spec: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_compression(spec)
+
+
+@pytest.mark.parametrize("url", ["file://relative/path", "file:", "file:objects", "file:///tmp/a%00b",
+                                 "s3://Bad_Bucket", "s3://bucket/a%00b", "s3://"])
+def test_store_urls_that_would_land_elsewhere_are_refused(url: str, cli_env, monkeypatch, capsys) -> None:
+    with pytest.raises(InvalidInput):
+        open_store(url)
+    monkeypatch.setenv("CTPREG_STORE_URL", url)
+    code, _, err = cli(capsys, "gc", "--dry-run")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_bad_s3_endpoint_is_refused(monkeypatch) -> None:
+    with pytest.raises(InvalidInput, match="endpoint"):
+        open_store("s3://bucket", s3_endpoint_url="localhost:9000")
+
+
+def test_fetch_output_never_replaces_special_files(cli_env, tmp_path: Path, capsys) -> None:
+    assert cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", "team/p")[0] == 0
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target, message in [(fifo, "not a regular file"), (tmp_path, "a directory"), (Path(""), "empty"),
+                            (tmp_path / "missing" / "f", "does not exist")]:
+        code, _, err = cli(capsys, "fetch", "team/p", "-o", str(target))
+        assert code == 2 and message in err and err.count("\n") == 1, (target, err)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    out = tmp_path / "out.safetensors"
+    assert cli(capsys, "fetch", "team/p", "-o", str(out))[0] == 0
+    assert out.read_bytes() == (tmp_path / "a.st").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stored_objects_follow_the_umask(cli_env, tmp_path: Path, capsys) -> None:
+    previous = os.umask(0o022)
+    try:
+        assert cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", "team/p")[0] == 0
+        assert cli(capsys, "fetch", "team/p", "-o", str(tmp_path / "out"))[0] == 0
+    finally:
+        os.umask(previous)
+    home = Path(cli_env["CTPREG_HOME"])
+    for path in [*objects(home), tmp_path / "out"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_markup_in_metadata_is_printed_literally(cli_env, tmp_path: Path, capsys) -> None:
+    path = write_artifact_file(tmp_path / "a.st", dataset="[/bold]", task="[link=https://evil.example]x[/link]")
+    code, _, err = cli(capsys, "publish", str(path))
+    assert code == 2 and "invalid prompt name" in err  # the default name would hold the brackets
+    assert cli(capsys, "publish", str(path), "--name", "team/p")[0] == 0
+    for args in (["list"], ["show", "team/p"], ["resolve", "--model", "tiny-llama"]):
+        code, out, err = cli(capsys, *args)
+        assert code == 0 and "[/bold]" in out + err, (args, err)
+    code, out, _ = cli(capsys, "show", "team/p")
+    assert "[link=https://evil.example]x[/link]" in out
+
+
+def test_gc_refuses_an_empty_db_in_front_of_a_full_store_and_reindex_restores(cli_env, tmp_path, capsys) -> None:
+    for seed in (1, 2):
+        cli(capsys, "publish", str(write_artifact_file(tmp_path / f"{seed}.st", seed=seed)), "--name", f"team/p{seed}")
+    home = Path(cli_env["CTPREG_HOME"])
+    before = objects(home)
+    (home / "registry.db").unlink()  # the DB is lost; a fresh one is created empty
+    code, _, err = cli(capsys, "gc", "--grace", "0")
+    assert code == 6 and "ctpreg reindex" in err and objects(home) == before
+    code, out, _ = cli(capsys, "reindex", "--json")
+    assert code == 0 and len(__import__("json").loads(out)) == 2
+    code, _, _ = cli(capsys, "gc", "--grace", "0")
+    assert code == 0 and objects(home) == before
+    assert cli(capsys, "show", "tiny-llama/gptq-w3-g128/wiki")[0] == 0
+
+
+def test_gc_removes_aged_partial_uploads_only(cli_env, tmp_path, capsys) -> None:
+    cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", "team/p")
+    home = Path(cli_env["CTPREG_HOME"])
+    folder = objects(home)[0].parent
+    old, young = folder / ".abc.safetensors.x1.tmp", folder / ".def.safetensors.x2.tmp"
+    for path in (old, young):
+        path.write_bytes(b"half an object")
+    stamp = time.time() - 7200
+    os.utime(old, (stamp, stamp))
+    code, _, _ = cli(capsys, "gc")
+    assert code == 0 and not old.exists() and young.exists()
+
+
+@pytest.mark.parametrize("grace", ["inf", "nan", "-1", "1e400"])
+def test_gc_grace_must_be_a_sane_number(grace: str, cli_env, capsys) -> None:
+    code, _, err = cli(capsys, "gc", "--grace", grace)
+    assert code == 2 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["list", "--bogus"], ["resolve", "--model", "m", "--bits", "abc"], ["nosuchcommand"],
+                                  ["fetch"], ["gc", "--grace", "x"]])
+def test_usage_errors_print_usage_and_exit_2(args: list[str], cli_env, capsys) -> None:
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and "Usage:" in err and "Traceback" not in err
+
+
+def test_cache_entries_are_checked_against_the_ref_they_answer(cli_env, tmp_path, capsys, monkeypatch) -> None:
+    import json
+
+    shas = {}
+    for seed in (1, 2):
+        cli(capsys, "publish", str(write_artifact_file(tmp_path / f"{seed}.st", seed=seed)), "--name", f"team/p{seed}")
+        code, out, _ = cli(capsys, "fetch", f"team/p{seed}:1", "--json")
+        shas[seed] = json.loads(out)["sha256"]
+    home = Path(cli_env["CTPREG_HOME"])
+    entries = sorted((p for p in home.rglob("refs/prompts/*.json")), key=lambda p: p.stat().st_mtime)
+    assert len(entries) == 2
+    entries[1].write_bytes(entries[0].read_bytes())  # p2's entry now holds p1's record
+    code, out, _ = cli(capsys, "fetch", "team/p2:1", "--json")
+    assert code == 0 and json.loads(out)["sha256"] == shas[2]
+    for corrupt in (b"\xff\xfe", b"[1, 2]", b'{"key": {"ref": "team/p2:1"}, "value": {"prompt": {"name": 3}}}', b"{" * 5000):
+        entries[1].write_bytes(corrupt)
+        monkeypatch.delenv("CTPREG_OFFLINE", raising=False)
+        code, out, _ = cli(capsys, "fetch", "team/p2:1", "--json")
+        assert code == 0 and json.loads(out)["sha256"] == shas[2]  # a miss: asked the registry again
+        entries[1].write_bytes(corrupt)
+        monkeypatch.setenv("CTPREG_OFFLINE", "1")
+        code, _, err = cli(capsys, "fetch", "team/p2:1")
+        assert code == 11 and err.count("\n") == 1, err
