@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from . import strict_json
 from .compression import CompressionSpec, parse_compression
 from .digest import sha256_hex
 from .errors import InvalidArtifact, InvalidInput
@@ -33,6 +34,13 @@ REQUIRED_KEYS = (
 )
 SUPPORTED_DTYPES = {"float32": np.float32, "float16": np.float16}
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
+# Limits (README, "Prompt artifact"): the DB columns' sizes, and sizes no real prompt comes near.
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_JSON_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 256
+MAX_VIRTUAL_TOKENS = 65536
+MAX_HIDDEN_SIZE = 65536
+PERPLEXITY_KEYS = ("ppl_full", "ppl_compressed", "ppl_prompted")
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,25 @@ class PromptMetadata:
     task: str | None = None
 
     def __post_init__(self) -> None:
+        """Every limit is checked here, where metadata is built or read, so both DB backends see the same values
+        and nothing is uploaded that a column would refuse."""
         check_model_name(self.model)
         check_fingerprint(self.model_fingerprint)
-        if not self.dataset or len(self.dataset) > 256:
-            raise InvalidInput("dataset must be a non-empty string of at most 256 characters")
-        if self.num_virtual_tokens < 1 or self.hidden_size < 1:
-            raise InvalidInput("num_virtual_tokens and hidden_size must be positive")
+        _check_text(self.dataset, "dataset")
+        if self.task is not None:
+            _check_text(self.task, "task")
+        for key, value, limit in (("num_virtual_tokens", self.num_virtual_tokens, MAX_VIRTUAL_TOKENS),
+                                  ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise InvalidInput(f"{key} must be an integer in 1..{limit}, got {value!r}")
+        for key, value in (("training", self.training), ("metrics", self.metrics)):
+            if not isinstance(value, dict):
+                raise InvalidInput(f"{key} must be a JSON object")
+            strict_json.dumps(value, key, max_bytes=MAX_JSON_BYTES)
+        for key in PERPLEXITY_KEYS:
+            value = self.metrics.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 1):
+                raise InvalidInput(f"metrics.{key} must be a perplexity (a number >= 1), got {value!r}")
 
     def to_strings(self) -> dict[str, str]:
         strings = {
@@ -66,8 +87,8 @@ class PromptMetadata:
             "dataset": self.dataset,
             "num_virtual_tokens": str(self.num_virtual_tokens),
             "hidden_size": str(self.hidden_size),
-            "training": json.dumps(self.training, sort_keys=True),
-            "metrics": json.dumps(self.metrics, sort_keys=True),
+            "training": strict_json.dumps(self.training, "training", max_bytes=MAX_JSON_BYTES),
+            "metrics": strict_json.dumps(self.metrics, "metrics", max_bytes=MAX_JSON_BYTES),
         }
         if self.task:
             strings["task"] = self.task
@@ -96,18 +117,23 @@ class PromptMetadata:
             raise InvalidArtifact(f"artifact metadata: {exc}") from None
 
 
+def _check_text(value: object, key: str) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_CHARS or not value.isprintable():
+        raise InvalidInput(f"{key} must be 1..{MAX_TEXT_CHARS} printable characters (no control characters)")
+
+
 def _positive_int(strings: Mapping[str, str], key: str) -> int:
     value = strings[key]
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise InvalidArtifact(f"artifact metadata {key}={value!r} is not a positive integer")
+    if not (value.isascii() and value.isdigit() and len(value) <= 9) or int(value) < 1:
+        raise InvalidArtifact(f"artifact metadata {key}={value[:20]!r} is not a positive integer (at most 9 digits)")
     return int(value)
 
 
 def _json_object(strings: Mapping[str, str], key: str) -> dict[str, Any]:
     try:
-        value = json.loads(strings[key])
-    except json.JSONDecodeError:
-        raise InvalidArtifact(f"artifact metadata {key} is not valid JSON") from None
+        value = strict_json.loads(strings[key], f"artifact metadata {key}", max_bytes=MAX_JSON_BYTES)
+    except InvalidInput as exc:
+        raise InvalidArtifact(str(exc)) from None
     if not isinstance(value, dict):
         raise InvalidArtifact(f"artifact metadata {key} must be a JSON object")
     return value
@@ -195,7 +221,7 @@ _NUMPY_DTYPES = {"F32", "F16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 def _check_header_dtypes(data: bytes) -> None:
     """Name tensors numpy cannot hold (bf16, fp8) instead of failing inside the loader."""
     (header_len,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + header_len])
+    header = json.loads(data[8 : 8 + header_len])  # already parsed strictly by _header_metadata
     for name, info in header.items():
         if name != "__metadata__" and isinstance(info, dict) and info.get("dtype") not in _NUMPY_DTYPES:
             raise InvalidArtifact(f"tensor {name!r} has dtype {info.get('dtype')}; store prompts as float32 or float16")
@@ -206,12 +232,14 @@ def _header_metadata(data: bytes) -> dict[str, str]:
     if len(data) < 8:
         raise InvalidArtifact("truncated: shorter than a safetensors header")
     (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8 or header_len > 100 * 1024 * 1024:
+    if header_len > len(data) - 8:
         raise InvalidArtifact("not a safetensors file (header length exceeds the file; pickle or truncated?)")
+    if header_len > MAX_HEADER_BYTES:
+        raise InvalidArtifact(f"safetensors header larger than {MAX_HEADER_BYTES} bytes; not a prompt artifact")
     try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidArtifact("not a safetensors file (header is not JSON)") from None
+        header = strict_json.loads(data[8 : 8 + header_len], "safetensors header", max_bytes=MAX_HEADER_BYTES)
+    except InvalidInput as exc:
+        raise InvalidArtifact(f"not a safetensors file ({exc})") from None
     if not isinstance(header, dict):
         raise InvalidArtifact("not a safetensors file (header is not a JSON object)")
     metadata = header.get("__metadata__") or {}

@@ -20,15 +20,16 @@ _FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _VERSION_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits, and a version that fits every integer column
 LATEST = "latest"
+MAX_NAME_CHARS = 512  # the prompt name column
 
 
 def check_name(name: str) -> str:
     if _SHA_PREFIX_RE.fullmatch(name):
         raise InvalidInput(f"invalid prompt name {name!r}: 8 or more hex digits read as a sha256 prefix; add a letter")
-    if not _NAME_RE.fullmatch(name) or ".." in name:
+    if not _NAME_RE.fullmatch(name) or ".." in name or len(name) > MAX_NAME_CHARS:
         raise InvalidInput(
             f"invalid prompt name {name!r}: use '/'-separated segments of letters, digits and '._+-', "
-            "each starting with a letter or digit (e.g. smollm2-135m/gptq-w3-g128/wiki)"
+            f"each starting with a letter or digit, at most {MAX_NAME_CHARS} in all (e.g. smollm2-135m/gptq-w3-g128/wiki)"
         )
     return name
 

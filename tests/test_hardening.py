@@ -166,3 +166,61 @@ def test_cache_entries_are_checked_against_the_ref_they_answer(cli_env, tmp_path
         monkeypatch.setenv("CTPREG_OFFLINE", "1")
         code, _, err = cli(capsys, "fetch", "team/p2:1")
         assert code == 11 and err.count("\n") == 1, err
+
+
+def _artifact_with(tmp_path: Path, header_text: str | None = None, **metadata_strings: str) -> Path:
+    """The helper artifact with some ``__metadata__`` strings replaced (or its whole header text)."""
+    import json
+    import struct
+
+    from helpers import artifact_bytes
+
+    good = artifact_bytes(4)
+    (length,) = struct.unpack("<Q", good[:8])
+    header = json.loads(good[8 : 8 + length])
+    header["__metadata__"].update(metadata_strings)
+    text = (header_text if header_text is not None else json.dumps(header)).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + good[8 + length :])
+    return path
+
+
+@pytest.mark.parametrize("case, fields, message", [
+    ("NaN metric", {"metrics": '{"ppl_full": NaN}'}, "not a JSON number"),
+    ("Infinity", {"training": '{"lr": Infinity}'}, "not a JSON number"),
+    ("1e400", {"metrics": '{"ppl_full": 1e400}'}, "overflows"),
+    ("5000 digits", {"training": '{"seed": ' + "9" * 5000 + "}"}, "digits"),
+    ("deep nesting", {"training": "[" * 5000 + "]" * 5000}, "JSON"),
+    ("multi-megabyte training", {"training": '{"x": "' + "a" * 200_000 + '"}'}, "larger than"),
+    ("negative perplexity", {"metrics": '{"ppl_full": -3}'}, "perplexity"),
+    ("control character", {"dataset": "wiki\x1b[31m"}, "printable"),
+    ("NUL in task", {"task": "a\x00b"}, "NUL"),
+    ("long task", {"task": "t" * 300}, "printable"),
+    ("absurd token count", {"num_virtual_tokens": "99999999999"}, "positive integer"),
+])
+def test_odd_metadata_is_refused_before_any_upload(case, fields, message, cli_env, tmp_path, capsys) -> None:
+    code, _, err = cli(capsys, "publish", str(_artifact_with(tmp_path, **fields)))
+    assert code == 2 and message in err and err.count("\n") == 1, (case, err)
+    home = Path(cli_env["CTPREG_HOME"])
+    assert not (home / "objects").exists() or objects(home) == []
+
+
+def test_duplicate_metadata_keys_are_refused(cli_env, tmp_path, capsys) -> None:
+    import json
+    import struct
+
+    from helpers import artifact_bytes
+
+    good = artifact_bytes(4)
+    (length,) = struct.unpack("<Q", good[:8])
+    text = good[8 : 8 + length].decode().rstrip()
+    doubled = text.replace('"dataset":"wiki"', '"dataset":"wiki","dataset":"other"')
+    assert doubled != text and json.loads(doubled)
+    code, _, err = cli(capsys, "publish", str(_artifact_with(tmp_path, header_text=doubled)))
+    assert code == 2 and "duplicate" in err
+
+
+def test_a_name_longer_than_the_column_is_refused(cli_env, tmp_path, capsys) -> None:
+    name = "/".join(["a" * 100] * 6)
+    code, _, err = cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", name)
+    assert code == 2 and "at most 512" in err
