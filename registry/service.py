@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .db import crud
 from .db.engine import Database
-from .errors import Conflict, InvalidInput, NoCompatiblePrompt
+from .errors import Conflict, InvalidInput, NoCompatiblePrompt, StoreError
 from .identity import LEGACY, SPEC_KINDS
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
@@ -70,6 +70,16 @@ class Registry:
         artifact, data = read_artifact(path)
         return self.publish_bytes(data, artifact=artifact, name=name, alias=alias)
 
+    def _restore_after_commit(self, key: str, data: bytes, record: PromptRecord) -> None:
+        """Put the object back if a concurrent gc took an old copy between our touch and our commit. The publish is
+        committed by now, so a store failure here is reported as a warning, never as a failed publish."""
+        try:
+            if not self.store.exists(key):
+                self.store.put(key, data)
+        except StoreError as exc:
+            log.warning("published %s, but could not confirm its object afterwards (%s); `ctpreg fetch %s` checks it",
+                        record.ref, exc, record.ref)
+
     def publish_bytes(
         self, data: bytes, *, artifact: PromptArtifact | None = None, name: str | None = None, alias: str | None = None
     ) -> PublishResult:
@@ -103,13 +113,12 @@ class Registry:
             values["base_model_id"] = model.id
             record, created = crud.insert_next_version(session, values=values, model=model)
             if created:
-                crud.move_latest(session, name=name, prompt_id=record.id)
+                crud.refresh_latest(session, name=name)
             if alias:
                 crud.set_alias(session, name=name, alias=alias, prompt_id=record.id)
             record = replace(record, aliases=crud.aliases_of(session, prompt_id=record.id))
         self._known_models[meta.model] = model
-        if not self.store.exists(key):  # a concurrent gc took an old copy between our touch and our commit
-            self.store.put(key, data)
+        self._restore_after_commit(key, data, record)
         log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")
         return PublishResult(prompt=record, created=created)
 

@@ -55,3 +55,74 @@ def test_concurrent_publishers_on_sqlite(tmp_path) -> None:
     with ctx.Pool(4) as pool:
         results = pool.starmap(publish_worker, [(url, (tmp_path / "o").as_uri(), None, w, 10, "n") for w in range(4)])
     assert sorted(v for worker in results for v in worker) == list(range(1, 41))
+
+
+def test_concurrent_deprecates_leave_latest_on_the_newest_live_version(db_url: str, tmp_path) -> None:
+    """Deprecating v3 and v2 at once: the second waits for the first's decision, so latest ends on v1."""
+    import threading
+
+    from ctpreg.registry.db import crud
+    from helpers import artifact_bytes
+
+    registry = open_registry(db_url, (tmp_path / "store").as_uri())
+    for seed in (1, 2, 3):
+        registry.publish_bytes(artifact_bytes(seed), name="race/p")
+    v2, v3 = registry.get("race/p:2"), registry.get("race/p:3")
+    finished = threading.Event()
+
+    def deprecate_v2() -> None:
+        with registry.db.session(write=True) as session:
+            crud.deprecate(session, prompt=v2)
+        finished.set()
+
+    with registry.db.session(write=True) as session:
+        crud.deprecate(session, prompt=v3)
+        other = threading.Thread(target=deprecate_v2)
+        other.start()
+        assert not finished.wait(1.0), "the second deprecate decided without waiting for the first"
+    other.join(30)
+    assert finished.is_set() and registry.get("race/p").version == 1
+    registry.db.dispose()
+
+
+@pytest.mark.postgres
+def test_publish_racing_deprecate_leaves_latest_on_the_new_version(pg_url: str, tmp_path, monkeypatch) -> None:
+    """A deprecate that starts while a publish of v4 is uncommitted must not move latest back to v2 (PostgreSQL:
+    on SQLite the two write transactions cannot overlap at all)."""
+    from ctpreg.registry.db.engine import Database
+    from ctpreg.registry.db.migrate import upgrade
+
+    db_url = pg_url
+    migrated = Database(db_url)
+    upgrade(migrated.engine)
+    migrated.dispose()
+    import threading
+
+    from ctpreg.registry.db import crud
+    from helpers import artifact_bytes
+
+    registry = open_registry(db_url, (tmp_path / "store").as_uri())
+    for seed in (1, 2, 3):
+        registry.publish_bytes(artifact_bytes(seed), name="race/q")
+    v3 = registry.get("race/q:3")
+    original = crud.refresh_latest
+    threads, entered = [], threading.Event()
+
+    def refresh(session, *, name):
+        if threading.current_thread() is not threading.main_thread():
+            entered.set()  # the deprecate is about to decide while the publish is still open
+            return original(session, name=name)
+        original(session, name=name)  # v4 is latest inside the uncommitted publish
+        deprecator = open_registry(db_url, (tmp_path / "store").as_uri())
+        thread = threading.Thread(target=lambda: deprecator.deprecate(v3.ref))
+        thread.start()
+        threads.append(thread)
+        assert entered.wait(30)
+        thread.join(1.0)  # give it time to decide (wrongly, without the lock) before the publish commits
+
+    monkeypatch.setattr(crud, "refresh_latest", refresh)
+    assert registry.publish_bytes(artifact_bytes(4), name="race/q").prompt.version == 4
+    monkeypatch.setattr(crud, "refresh_latest", original)
+    threads[0].join(30)
+    assert registry.get("race/q").version == 4 and registry.get("race/q:3").deprecated
+    registry.db.dispose()

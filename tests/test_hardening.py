@@ -224,3 +224,22 @@ def test_a_name_longer_than_the_column_is_refused(cli_env, tmp_path, capsys) -> 
     name = "/".join(["a" * 100] * 6)
     code, _, err = cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", name)
     assert code == 2 and "at most 512" in err
+
+
+def test_a_store_failure_after_the_commit_does_not_report_a_committed_publish_as_failed(registry, monkeypatch) -> None:
+    from ctpreg.registry.errors import StoreError
+    from helpers import artifact_bytes
+
+    calls = {"n": 0}
+    real_exists = registry.store.exists
+
+    def flaky_exists(key: str) -> bool:
+        calls["n"] += 1
+        if calls["n"] > 1:  # the check after the DB commit
+            raise StoreError("S3 head failed: connection reset")
+        return real_exists(key)
+
+    monkeypatch.setattr(registry.store, "exists", flaky_exists)
+    result = registry.publish_bytes(artifact_bytes(8), name="team/after", alias="prod")
+    monkeypatch.undo()
+    assert result.created and registry.get("team/after@prod").sha256 == result.prompt.sha256

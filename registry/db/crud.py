@@ -179,21 +179,24 @@ def aliases_of(session: Session, *, prompt_id: int) -> tuple[str, ...]:
     return tuple(sorted(rows.scalars()))
 
 
-def move_latest(session: Session, *, name: str, prompt_id: int) -> None:
-    """Point ``name@latest`` at this prompt unless a newer version already holds it (concurrent publishers).
+def refresh_latest(session: Session, *, name: str) -> None:
+    """Point ``name@latest`` at the newest version that is not deprecated (or remove it when none is left).
 
-    Comparing ids is comparing versions: a version is max(committed) + 1, so the row holding version k + 1 was
-    inserted after version k had committed and drew a larger id. No subquery, so no stale snapshot under READ
-    COMMITTED when PostgreSQL re-checks the condition after waiting for a concurrent upsert.
+    Publish and deprecate both end here, one name at a time: on PostgreSQL a transaction-scoped advisory lock on the
+    name serialises them (SQLite's write transactions already are, by ``BEGIN IMMEDIATE``), and under READ COMMITTED
+    the query after the lock sees every concurrent publish or deprecate that committed while this one waited. So
+    the last to commit decides from the full picture, and ``latest`` never lands on a deprecated or older version.
     """
-    stmt = _insert(session, _alias).values(name=name, alias=LATEST, prompt_id=prompt_id, updated_at=utcnow())
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["name", "alias"],
-            set_={"prompt_id": stmt.excluded.prompt_id, "updated_at": stmt.excluded.updated_at},
-            where=_alias.c.prompt_id < stmt.excluded.prompt_id,
-        )
-    )
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
+    newest = session.execute(
+        select(_prompt.c.id).where(_prompt.c.name == name, _prompt.c.deprecated.is_(False))
+        .order_by(_prompt.c.version.desc()).limit(1)
+    ).scalar()
+    if newest is None:
+        session.execute(delete(AliasRow).where(AliasRow.name == name, AliasRow.alias == LATEST))
+    else:
+        set_alias(session, name=name, alias=LATEST, prompt_id=newest)
 
 
 def set_alias(session: Session, *, name: str, alias: str, prompt_id: int) -> None:
@@ -284,28 +287,14 @@ def prompts_by_id(session: Session, *, ids: set[int]) -> list[PromptRecord]:
 
 
 def deprecate(session: Session, *, prompt: PromptRecord) -> None:
-    """Mark a version deprecated; if it was ``latest``, move ``latest`` to the newest remaining version."""
+    """Mark a version deprecated and let ``latest`` move off it (``refresh_latest``)."""
     row = session.get(PromptRow, prompt.id)
     if row is None:
         raise NotFound(f"{prompt.ref} disappeared")
     row.deprecated = True
     session.add(row)
     session.flush()
-    holds_latest = session.execute(
-        select(AliasRow).where(AliasRow.name == prompt.name, AliasRow.alias == LATEST, AliasRow.prompt_id == prompt.id)
-    ).first()
-    if holds_latest is None:
-        return
-    newest = session.execute(
-        select(PromptRow.id)
-        .where(PromptRow.name == prompt.name, PromptRow.deprecated.is_(False))
-        .order_by(PromptRow.version.desc())
-        .limit(1)
-    ).scalar()
-    if newest is None:
-        session.execute(delete(AliasRow).where(AliasRow.name == prompt.name, AliasRow.alias == LATEST))
-    else:
-        set_alias(session, name=prompt.name, alias=LATEST, prompt_id=newest)
+    refresh_latest(session, name=prompt.name)
 
 
 def referenced_shas(session: Session) -> set[str]:
