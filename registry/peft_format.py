@@ -16,6 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 from .artifacts import TENSOR_NAME, PromptArtifact, PromptMetadata
 from .compression import CompressionSpec
+from . import strict_json
 from .errors import InvalidArtifact, InvalidInput
 from .records import BaseModelRecord
 
@@ -85,9 +86,13 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InvalidInput(f"{folder} is not a PEFT adapter folder (no {CONFIG_FILE})")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise InvalidArtifact(f"{path} is not valid JSON") from None
+        config = strict_json.loads(path.read_bytes(), str(path), max_bytes=1024 * 1024)
+    except InvalidInput as exc:
+        raise InvalidArtifact(str(exc)) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidArtifact(f"{path} must hold a JSON object")
     if config.get("peft_type") != "PROMPT_TUNING":
         raise InvalidArtifact(f"{path}: peft_type {config.get('peft_type')!r}; only PROMPT_TUNING adapters are prompts")
     if config.get("task_type") not in (None, "CAUSAL_LM"):
@@ -95,6 +100,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if config.get("num_transformer_submodules", 1) != 1:
         raise InvalidArtifact(f"{path}: num_transformer_submodules must be 1 for a decoder-only model")
     for key in ("num_virtual_tokens", "token_dim"):
-        if not isinstance(config.get(key), int) or config[key] < 1:
+        if isinstance(config.get(key), bool) or not isinstance(config.get(key), int) or config[key] < 1:
             raise InvalidArtifact(f"{path}: {key} must be a positive integer")
     return config

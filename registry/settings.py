@@ -40,7 +40,10 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         home = Path(env.get("CTPREG_HOME") or Path.home() / ".ctpreg").expanduser()
-        values = _read_toml(Path(env["CTPREG_CONFIG"]) if env.get("CTPREG_CONFIG") else home / "ctpreg.toml")
+        named = env.get("CTPREG_CONFIG")
+        if named and not Path(named).expanduser().is_file():
+            raise InvalidInput(f"CTPREG_CONFIG names {named}, which is not a file")
+        values = _read_toml(Path(named).expanduser() if named else home / "ctpreg.toml")
         for toml_key, env_key in _TOML_KEYS.items():
             if env_key not in env and toml_key in values:
                 env[env_key] = str(values[toml_key])
@@ -60,10 +63,17 @@ def _read_toml(path: Path) -> dict[str, object]:
         return {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid TOML ({exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path}: not valid UTF-8 TOML ({exc})") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read ({exc.strerror or exc})") from None
     section = data.get("ctpreg", data)
+    if not isinstance(section, dict):
+        raise InvalidInput(f"{path}: [ctpreg] must be a table")
     unknown = set(section) - set(_TOML_KEYS)
     if unknown:
         raise InvalidInput(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_TOML_KEYS)}")
+    for key, value in section.items():
+        if not isinstance(value, str | bool) or (isinstance(value, str) and "\x00" in value):
+            raise InvalidInput(f"{path}: {key} must be a string (or true/false for offline)")
     return section

@@ -243,3 +243,43 @@ def test_a_store_failure_after_the_commit_does_not_report_a_committed_publish_as
     result = registry.publish_bytes(artifact_bytes(8), name="team/after", alias="prod")
     monkeypatch.undo()
     assert result.created and registry.get("team/after@prod").sha256 == result.prompt.sha256
+
+
+def test_a_mistyped_sqlite_url_creates_nothing(cli_env, tmp_path, monkeypatch, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'typo' / 'registy.db'}"
+    monkeypatch.setenv("CTPREG_DB_URL", url)
+    code, _, err = cli(capsys, "list")
+    assert code == 10 and "ctpreg db upgrade" in err and not (tmp_path / "typo").exists()
+    assert cli(capsys, "db", "upgrade")[0] == 0 and (tmp_path / "typo" / "registy.db").is_file()
+    assert cli(capsys, "list")[0] == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe not utf-8", "UTF-8"), (b"db_url = ", "TOML"), (b"ctpreg = 3", "table"),
+    (b"db_url = 5", "must be a string"), (b"colour = 'x'", "unknown keys"),
+])
+def test_bad_config_files_are_one_line_errors(content: bytes, message: str, cli_env, tmp_path, monkeypatch, capsys) -> None:
+    config = tmp_path / "ctpreg.toml"
+    config.write_bytes(content)
+    monkeypatch.setenv("CTPREG_CONFIG", str(config))
+    code, _, err = cli(capsys, "list")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_missing_named_config_file_is_an_error(cli_env, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CTPREG_CONFIG", str(tmp_path / "nope.toml"))
+    code, _, err = cli(capsys, "list")
+    assert code == 2 and "not a file" in err
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff", b'{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": true}',
+                                     b'{"a": 1, "a": 2}'])
+def test_odd_peft_configs_are_refused(content: bytes, cli_env, tmp_path, capsys) -> None:
+    assert cli(capsys, "models", "add", "tiny-llama", "--fingerprint", FP_A, "--hidden-size", "8",
+               "--vocab-size", "320")[0] == 0
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes(content)
+    code, _, err = cli(capsys, "import", "--peft", str(folder), "--model", "tiny-llama", "--method", "gptq", "--bits", "3",
+                       "--dataset", "wiki")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err

@@ -25,6 +25,7 @@ def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help=
     from ctpreg.registry.db.migrate import upgrade
 
     db = Database(state(ctx).settings.db_url)
+    db.make_sqlite_folder()
     upgrade(db.engine, revision)
     info(f"{safe_url(db.url)} is at revision {db.current_revision()}")
 

@@ -87,7 +87,10 @@ class Database:
         return self.engine.dialect.name
 
     def current_revision(self) -> str | None:
-        self._make_sqlite_folder()
+        if self._sqlite_file_missing():
+            if not self._auto_upgrade_empty:
+                return None  # a mistyped SQLite URL must not leave an empty DB (or its folders) behind
+            self.make_sqlite_folder()
         try:
             with self.engine.connect() as conn:
                 if not inspect(conn).has_table("alembic_version"):
@@ -116,8 +119,12 @@ class Database:
             )
         self._schema_checked = True
 
-    def _make_sqlite_folder(self) -> None:
-        """Create an embedded DB's folder only when the DB is first used, so failed commands leave no trace."""
+    def _sqlite_file_missing(self) -> bool:
+        database = self.engine.url.database
+        return self.dialect == "sqlite" and bool(database) and database != ":memory:" and not Path(database).expanduser().exists()
+
+    def make_sqlite_folder(self) -> None:
+        """Create a SQLite DB's folder: when the embedded DB is first used, or by ``ctpreg db upgrade``."""
         database = self.engine.url.database
         if self.dialect == "sqlite" and database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
