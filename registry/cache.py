@@ -24,6 +24,13 @@ from .errors import StoreError
 from .files import atomic_write
 
 
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write(path, data)
+    except OSError as exc:  # a read-only or full cache folder: the caller gets a ctpreg error, not an OSError
+        raise StoreError(f"cannot write cache entry {path}: {exc.strerror or exc}") from None
+
+
 def _key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -53,7 +60,7 @@ class PromptCache:
         if sha256_hex(data) != sha256:
             raise StoreError(f"refusing to cache bytes that do not hash to {sha256[:12]}…")
         path = self.blob_path(sha256)
-        atomic_write(path, data)
+        _write(path, data)
         return path
 
     def get_ref(self, kind: str, parts: dict[str, Any]) -> dict[str, Any] | None:
@@ -71,4 +78,4 @@ class PromptCache:
 
     def put_ref(self, kind: str, parts: dict[str, Any], value: dict[str, Any]) -> None:
         path = self.root / "refs" / kind / f"{_key(parts)}.json"
-        atomic_write(path, json.dumps({"key": parts, "value": value}, sort_keys=True, default=str).encode())
+        _write(path, json.dumps({"key": parts, "value": value}, sort_keys=True, default=str).encode())

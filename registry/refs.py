@@ -23,7 +23,13 @@ LATEST = "latest"
 MAX_NAME_CHARS = 512  # the prompt name column
 
 
+def _string(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, not {type(value).__name__}")
+
+
 def check_name(name: str) -> str:
+    _string(name, "a prompt name")
     if _SHA_PREFIX_RE.fullmatch(name):
         raise InvalidInput(f"invalid prompt name {name!r}: 8 or more hex digits read as a sha256 prefix; add a letter")
     if not _NAME_RE.fullmatch(name) or ".." in name or len(name) > MAX_NAME_CHARS:
@@ -35,18 +41,21 @@ def check_name(name: str) -> str:
 
 
 def check_model_name(name: str) -> str:
+    _string(name, "a model name")
     if not _MODEL_RE.fullmatch(name):
         raise InvalidInput(f"invalid model name {name!r}: letters, digits and '._+-', starting with a letter or digit")
     return name
 
 
 def check_fingerprint(fingerprint: str) -> str:
+    _string(fingerprint, "a fingerprint")
     if not _FINGERPRINT_RE.fullmatch(fingerprint):
         raise InvalidInput(f"invalid fingerprint {fingerprint!r}: expected 'sha256:' and 64 lowercase hex digits")
     return fingerprint
 
 
 def check_alias(alias: str) -> str:
+    _string(alias, "an alias")
     if not _ALIAS_RE.fullmatch(alias):
         raise InvalidInput(f"invalid alias {alias!r}: a letter, then letters, digits or '._-' (e.g. prod)")
     return alias
@@ -70,6 +79,7 @@ class PromptRef:
 
 
 def parse_ref(text: str) -> PromptRef:
+    _string(text, "a prompt reference")
     if _SHA_PREFIX_RE.fullmatch(text):
         return PromptRef(sha_prefix=text)
     if "@" in text:

@@ -283,3 +283,28 @@ def test_odd_peft_configs_are_refused(content: bytes, cli_env, tmp_path, capsys)
     code, _, err = cli(capsys, "import", "--peft", str(folder), "--model", "tiny-llama", "--method", "gptq", "--bits", "3",
                        "--dataset", "wiki")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_the_python_client_raises_only_ctpreg_errors(cli_env, tmp_path, capsys) -> None:
+    from ctpreg.registry import Client, CtpregError
+
+    cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", "team/p")
+    client = Client.from_env()
+    for bad in (None, 3, b"team/p", ["team/p"]):
+        with pytest.raises(CtpregError):
+            client.fetch(bad)
+    with pytest.raises(CtpregError):
+        client.resolve(None)
+    cache = Path(cli_env["CTPREG_HOME"]) / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    cache.chmod(0o500)  # a read-only cache folder
+    try:
+        if os.access(cache, os.W_OK):  # root ignores permissions: make the cache a file instead
+            cache.chmod(0o700)
+            cache.rmdir()
+            cache.write_text("not a folder")
+        with pytest.raises(CtpregError):
+            Client.from_env().fetch("team/p")
+    finally:
+        if cache.is_dir():
+            cache.chmod(0o700)
