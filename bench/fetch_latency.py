@@ -102,7 +102,10 @@ def main() -> int:
             floor = timed(lambda: hashlib.sha256(cached_file.read_bytes()).hexdigest(), args.repeats)
             hub_root = root / f"hub{hidden}"
             repo = hf_cache(hub_root, data, "prompt.safetensors")
-            hub = timed(lambda: hf_hub_download(repo, "prompt.safetensors", cache_dir=hub_root, local_files_only=True), args.repeats)
+            hub = timed(
+                lambda: hf_hub_download(repo, "prompt.safetensors", cache_dir=hub_root, local_files_only=True),
+                args.repeats,
+            )
 
             def cold() -> None:
                 shutil.rmtree(root / "cache", ignore_errors=True)
@@ -113,10 +116,19 @@ def main() -> int:
             w50, w95 = percentiles(warm)
             f50, f95 = percentiles(floor)
             rows += [
-                [size, "ctpreg client.fetch, warm cache (read + sha256)", f"{w50:.3f}", f"{w95:.3f}", f"{w50 / f50:.2f}x"],
+                [
+                    size, "ctpreg client.fetch, warm cache (read + sha256)", f"{w50:.3f}", f"{w95:.3f}",
+                    f"{w50 / f50:.2f}x",
+                ],
                 [size, "floor: read from page cache + sha256", f"{f50:.3f}", f"{f95:.3f}", "1.00x"],
-                [size, "hf_hub_download(local_files_only=True): path only", *map("{:.3f}".format, percentiles(hub)), "n/a"],
-                [size, "ctpreg client.fetch, cold from moto S3 over HTTP", *map("{:.3f}".format, percentiles(cold_times)), ""],
+                [
+                    size, "hf_hub_download(local_files_only=True): path only",
+                    *map("{:.3f}".format, percentiles(hub)), "n/a",
+                ],
+                [
+                    size, "ctpreg client.fetch, cold from moto S3 over HTTP",
+                    *map("{:.3f}".format, percentiles(cold_times)), "",
+                ],
             ]
         registry.db.dispose()
     print()

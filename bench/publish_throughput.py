@@ -35,7 +35,9 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 NAMES = 4
 
 
-def writer(db_url: str, store_url: str, endpoint: str, worker: int, count: int, start_at: float) -> tuple[list[float], int]:
+def writer(
+    db_url: str, store_url: str, endpoint: str, worker: int, count: int, start_at: float
+) -> tuple[list[float], int]:
     registry = Registry(Database(db_url), open_store(store_url, s3_endpoint_url=endpoint), user=f"w{worker}")
     meta = PromptMetadata(
         model="llama-7b", model_fingerprint="sha256:" + "cd" * 32, compression=parse_compression("gptq-w3-g128"),
@@ -60,7 +62,9 @@ def writer(db_url: str, store_url: str, endpoint: str, worker: int, count: int, 
     return latencies, errors
 
 
-def run_level(db_url: str, store_url: str, endpoint: str, writers: int, per_writer: int) -> tuple[float, list[float], int]:
+def run_level(
+    db_url: str, store_url: str, endpoint: str, writers: int, per_writer: int
+) -> tuple[float, list[float], int]:
     context = multiprocessing.get_context("spawn")
     start_at = time.time() + 3.0
     with context.Pool(writers) as pool:

@@ -62,10 +62,14 @@ def main() -> int:
     training = artifact.metadata.training
 
     def validation(dataset: str) -> torch.Tensor:
-        return make_windows(base.tokenizer, load_corpus(dataset), seq_len=256, max_train=1, max_validation=args.eval_windows).validation
+        return make_windows(
+            base.tokenizer, load_corpus(dataset), seq_len=256, max_train=1, max_validation=args.eval_windows
+        ).validation
 
     rows = []
-    evaluations = [(spec.canonical, "wiki"), (spec.canonical, "news")] + [(level, "wiki") for level in args.levels.split(",")]
+    evaluations = [(spec.canonical, "wiki"), (spec.canonical, "news")] + [
+        (level, "wiki") for level in args.levels.split(",")
+    ]
     full_cache: dict[str, float] = {}
     compressed: dict[str, torch.nn.Module] = {}  # rows of one level share its compressed model
     for level, dataset in evaluations:
@@ -74,7 +78,9 @@ def main() -> int:
             full_cache[dataset] = perplexity(base.model, windows, label=f"full {dataset}").ppl
         if level not in compressed:
             compressed.clear()  # one compressed model in memory at a time
-            level_config = CompressConfig(parse_compression(level), calibration="wiki", calibration_windows=args.calibration_windows)
+            level_config = CompressConfig(
+                parse_compression(level), calibration="wiki", calibration_windows=args.calibration_windows
+            )
             compressed[level] = compress_loaded(copy.deepcopy(base), level_config, home).model
         model = compressed[level]
         without = perplexity(model, windows, label=f"{level} {dataset}").ppl
@@ -82,13 +88,16 @@ def main() -> int:
         values = {"ppl_full": full_cache[dataset], "ppl_compressed": without, "ppl_prompted": with_prompt}
         recovered = gap_recovered(values)
         transfer = "trained" if (level, dataset) == (spec.canonical, "wiki") else "transfer"
-        rows.append([level, f"{dataset} ({transfer})", f"{full_cache[dataset]:.2f}", f"{without:.2f}", f"{with_prompt:.2f}",
-                     f"{recovered:.1%}" if recovered is not None else "n/a", windows.numel() - windows.shape[0]])
+        rows.append([level, f"{dataset} ({transfer})", f"{full_cache[dataset]:.2f}", f"{without:.2f}",
+                     f"{with_prompt:.2f}", f"{recovered:.1%}" if recovered is not None else "n/a",
+                     windows.numel() - windows.shape[0]])
     print(f"\nprompt: {args.prompt.name}, {artifact.metadata.num_virtual_tokens} tokens trained on "
           f"{artifact.metadata.compression.canonical}/{artifact.metadata.dataset}, {training.get('steps')} steps, "
           f"lr {training.get('lr')}; {training.get('step_seconds', float('nan')):.2f} s/step, "
           f"{training.get('tokens_per_second', float('nan')):.0f} tokens/s on this machine\n")
-    print(markdown_table(["target", "eval data", "ppl full", "ppl compressed", "ppl prompted", "gap recovered", "tokens"], rows))
+    print(markdown_table(
+        ["target", "eval data", "ppl full", "ppl compressed", "ppl prompted", "gap recovered", "tokens"], rows
+    ))
     return 0
 
 

@@ -90,7 +90,8 @@ def database(backend: str, label: str, pg_url: str) -> Iterator[str]:
 def plan(prompts: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """Base models and prompt rows: 50 models in 10 classes, every compression x dataset, versions to reach N."""
     models = [
-        {"id": i + 1, "name": f"model-{i:02d}", "fingerprint": "sha256:" + hashlib.sha256(f"class-{i // 5}".encode()).hexdigest(),
+        {"id": i + 1, "name": f"model-{i:02d}",
+         "fingerprint": "sha256:" + hashlib.sha256(f"class-{i // 5}".encode()).hexdigest(),
          "hidden_size": 4096, "vocab_size": 32000, "architecture": "LlamaForCausalLM", "source": f"org/model-{i:02d}",
          "created_at": datetime.now(UTC)}
         for i in range(50)
@@ -103,7 +104,8 @@ def plan(prompts: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
         versions[name] = versions.get(name, 0) + 1
         spec = parse_compression(compression)
         compressed = 20 + 60 * rng.random()
-        metrics = {"ppl_full": 20.0, "ppl_compressed": compressed, "ppl_prompted": compressed - rng.random() * (compressed - 20)}
+        metrics = {"ppl_full": 20.0, "ppl_compressed": compressed,
+                   "ppl_prompted": compressed - rng.random() * (compressed - 20)}
         sha = hashlib.sha256(f"{name}:{versions[name]}".encode()).hexdigest()
         rows.append({
             "name": name, "version": versions[name], "base_model_id": model["id"], "compression": spec.canonical,
@@ -124,7 +126,10 @@ def populate_ctpreg(url: str, models: list[dict], rows: list[dict]) -> float:
         conn.execute(sa.insert(BaseModelRow.__table__), models)
         for start in range(0, len(rows), 10_000):
             conn.execute(sa.insert(PromptRow.__table__), rows[start : start + 10_000])
-        ids = {(name, version): pid for pid, name, version in conn.execute(sa.select(PromptRow.id, PromptRow.name, PromptRow.version))}
+        ids = {
+            (name, version): pid
+            for pid, name, version in conn.execute(sa.select(PromptRow.id, PromptRow.name, PromptRow.version))
+        }
         latest: dict[str, int] = {}
         for name, version in ids:
             latest[name] = max(latest.get(name, 0), version)
@@ -168,16 +173,18 @@ def populate_mlflow(url: str, rows: list[dict]) -> float:
         latest[mlflow_name(r["name"])] = max(latest.get(mlflow_name(r["name"]), 0), r["version"])
     with engine.begin() as conn:
         conn.execute(sa.insert(tables["registered_models"]), [
-            {"name": n, "creation_time": now, "last_updated_time": now, "description": None, "workspace": workspace} for n in names
+            {"name": n, "creation_time": now, "last_updated_time": now, "description": None, "workspace": workspace}
+            for n in names
         ])
         for start in range(0, len(rows), 10_000):
             chunk = rows[start : start + 10_000]
             conn.execute(sa.insert(tables["model_versions"]), [
-                {**template, "name": mlflow_name(r["name"]), "version": r["version"], "creation_time": now, "last_updated_time": now,
-                 "source": f"s3://bucket/{r['object_key']}"} for r in chunk
+                {**template, "name": mlflow_name(r["name"]), "version": r["version"], "creation_time": now,
+                 "last_updated_time": now, "source": f"s3://bucket/{r['object_key']}"} for r in chunk
             ])
             conn.execute(sa.insert(tables["model_version_tags"]), [
-                {"key": key, "value": str(value), "name": mlflow_name(r["name"]), "version": r["version"], "workspace": workspace}
+                {"key": key, "value": str(value), "name": mlflow_name(r["name"]), "version": r["version"],
+                 "workspace": workspace}
                 for r in chunk
                 for key, value in (("model", r["name"].split("/")[0]), ("method", r["method"]), ("bits", r["bits"]),
                                    ("dataset", r["dataset"]))
@@ -193,7 +200,8 @@ def cold_cli(env: dict[str, str], args: list[str], runs: int = 10) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        proc = subprocess.run(["ctpreg", *args], env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "ctpreg.cli.main", *args], env=env, capture_output=True, text=True,
+                              timeout=120)  # the running interpreter: no `ctpreg` on PATH needed
         times.append(time.perf_counter() - started)
         if proc.returncode != 0:
             raise SystemExit(f"cold CLI failed: {proc.stderr.strip()}")
@@ -255,10 +263,14 @@ def main() -> int:
     ratio = ""
     if not args.no_mlflow:
         ours = {r[0]: float(r[1]) for r in results}
-        ratio = (f"\nratio MLflow/ctpreg at p50: alias lookup {ours['MLflow get_model_version_by_alias'] / ours['ctpreg show NAME@latest']:.1f}x, "
-                 f"tag search vs resolve {ours['MLflow search_model_versions (model and bits tags)'] / ours['ctpreg resolve (metadata tiers, top 10)']:.0f}x")
+        alias_ratio = ours["MLflow get_model_version_by_alias"] / ours["ctpreg show NAME@latest"]
+        search_ratio = (ours["MLflow search_model_versions (model and bits tags)"]
+                        / ours["ctpreg resolve (metadata tiers, top 10)"])
+        ratio = (f"\nratio MLflow/ctpreg at p50: alias lookup {alias_ratio:.1f}x, "
+                 f"tag search vs resolve {search_ratio:.0f}x")
     print(ratio)
-    print(f"\ncold CLI `ctpreg resolve --model {model} --method gptq --bits 3 --json`: median of 10 = {cli_seconds:.3f}s")
+    print(f"\ncold CLI `ctpreg resolve --model {model} --method gptq --bits 3 --json`: "
+          f"median of 10 = {cli_seconds:.3f}s")
     print("\nquery plan of the resolve fast path:\n" + "\n".join(plan_rows))
     if failures:
         print("\nFAILED checks:\n" + "\n".join(failures[:20]))

@@ -133,7 +133,8 @@ def main() -> None:
             prompt = health["prompt"]
             resolved = Client.from_env().fetch(prompt["ref"]) if prompt else None
             builder = VllmPrompt.from_checkpoint(args.model_path, resolved)
-            print(f"engine: vLLM {version} (CPU, fp32, eager); prompt: {prompt['ref'] if prompt else 'none'} ({prompt['num_virtual_tokens'] if prompt else 0} "
+            print(f"engine: vLLM {version} (CPU, fp32, eager); prompt: {prompt['ref'] if prompt else 'none'} "
+                  f"({prompt['num_virtual_tokens'] if prompt else 0} "
                   f"virtual tokens); {args.requests} requests per row, {args.max_tokens} new tokens each")
             common = {"model": served, "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True}
             prompts = texts(args.requests)
@@ -156,8 +157,9 @@ def main() -> None:
                         totals[mode][1].extend(latencies)
                         totals[mode][2] += tokens
                 for mode, (wall, latencies, tokens) in totals.items():
-                    rows.append([mode, level, len(latencies), f"{tokens / wall:.1f}", f"{percentile(latencies, 0.5):.0f}",
-                                 f"{percentile(latencies, 0.99):.0f}", f"{statistics.mean(latencies) * 1e3:.0f}"])
+                    rows.append([mode, level, len(latencies), f"{tokens / wall:.1f}",
+                                 f"{percentile(latencies, 0.5):.0f}", f"{percentile(latencies, 0.99):.0f}",
+                                 f"{statistics.mean(latencies) * 1e3:.0f}"])
             print(markdown_table(["path", "clients", "requests", "tokens/s", "p50 ms", "p99 ms", "mean ms"], rows))
         finally:
             for process in processes:

@@ -1,9 +1,9 @@
 """Prompt-training throughput: ctpreg's trainer step vs PEFT prompt tuning, same compressed model, same run.
 
-Both train a prompt with the same init, optimizer, schedule, batches and precision (bf16 autocast where the CPU has it); the only difference is the
-forward pass: ctpreg runs the LM head on scored positions only, PEFT (``PromptTuningConfig``) on every position,
-prompt included. Final quality is compared on the same validation windows with the same scorer (scored tokens
-only), so the losses are comparable.
+Both train a prompt with the same init, optimizer, schedule, batches and precision (bf16 autocast where the CPU has
+it); the only difference is the forward pass: ctpreg runs the LM head on scored positions only, PEFT
+(``PromptTuningConfig``) on every position, prompt included. Final quality is compared on the same validation windows
+with the same scorer (scored tokens only), so the losses are comparable.
 
     python bench/train_throughput.py --model smollm2-135m --method gptq --bits 3 --steps 20
 """
@@ -71,8 +71,12 @@ def main() -> int:
     loaded = load_base(args.model, model_path=args.model_path, device="cpu")
     spec = build_spec(args.method, bits=args.bits)
     home = Settings.from_env().home
-    model = compress_loaded(loaded, CompressConfig(spec, calibration=args.dataset, calibration_windows=args.calibration_windows), home).model
-    windows = make_windows(loaded.tokenizer, load_corpus(args.dataset), seq_len=args.seq_len, max_validation=args.eval_windows)
+    model = compress_loaded(
+        loaded, CompressConfig(spec, calibration=args.dataset, calibration_windows=args.calibration_windows), home
+    ).model
+    windows = make_windows(
+        loaded.tokenizer, load_corpus(args.dataset), seq_len=args.seq_len, max_validation=args.eval_windows
+    )
     config = TrainConfig(num_tokens=args.num_tokens, steps=args.steps, batch_size=args.batch_size, warmup_steps=2)
     init = init_from_vocabulary(model, args.num_tokens, seed=config.seed)
     tokens_per_step = args.batch_size * (args.seq_len - 1)
@@ -80,22 +84,29 @@ def main() -> int:
     ours = torch.nn.Parameter(init.clone())
     ours_step, ours_loss = run(lambda batch: mean_nll(model, batch, ours), ours, windows.train, config)
 
-    peft_model = get_peft_model(copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_tokens))
+    peft_model = get_peft_model(
+        copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_tokens)
+    )
     embedding = peft_model.prompt_encoder["default"].embedding.weight
     with torch.no_grad():
         embedding.copy_(init)
-    peft_step, peft_loss = run(lambda batch: peft_model(input_ids=batch, labels=batch).loss, embedding, windows.train, config)
+    peft_step, peft_loss = run(
+        lambda batch: peft_model(input_ids=batch, labels=batch).loss, embedding, windows.train, config
+    )
 
     ours_ppl = perplexity(model, windows.validation, prompt=ours.detach()).ppl
     peft_ppl = perplexity(model, windows.validation, prompt=embedding.detach().float()).ppl
     baseline = perplexity(model, windows.validation).ppl
     print(f"\n{args.model} {spec.canonical}, {args.num_tokens}-token prompt, batch {args.batch_size}x{args.seq_len}, "
-          f"{args.steps} steps, {'bf16 autocast' if uses_autocast(config, torch.device('cpu')) else 'fp32 (no native bf16 on this CPU)'}; validation: {windows.validation.shape[0]} {args.dataset} windows, "
+          f"{args.steps} steps, "
+          f"{'bf16 autocast' if uses_autocast(config, torch.device('cpu')) else 'fp32 (no native bf16 on this CPU)'}; "
+          f"validation: {windows.validation.shape[0]} {args.dataset} windows, "
           f"scored tokens only (no prompt: ppl {baseline:.2f})\n")
     print(markdown_table(
         ["trainer", "s/step", "tokens/s", "last train loss", "val ppl after training"],
         [["ctpreg", f"{ours_step:.2f}", f"{tokens_per_step / ours_step:.0f}", f"{ours_loss:.3f}", f"{ours_ppl:.2f}"],
-         ["PEFT PromptTuning", f"{peft_step:.2f}", f"{tokens_per_step / peft_step:.0f}", f"{peft_loss:.3f}", f"{peft_ppl:.2f}"],
+         ["PEFT PromptTuning", f"{peft_step:.2f}", f"{tokens_per_step / peft_step:.0f}", f"{peft_loss:.3f}",
+          f"{peft_ppl:.2f}"],
          ["ratio ctpreg/PEFT", "", f"{peft_step / ours_step:.2f}x", "", ""]],
     ))
     ok = all(map(torch.isfinite, map(torch.tensor, [ours_ppl, peft_ppl, ours_loss, peft_loss])))

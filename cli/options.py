@@ -12,7 +12,9 @@ MethodOption = Annotated[
     str | None,
     typer.Option(help="Compression method: none, gptq, bnb-nf4, bnb-fp4, bnb-int8, sparsegpt, wanda, magnitude."),
 ]
-BitsOption = Annotated[int | None, typer.Option(help="Bit-width (gptq: 2, 3, 4, 8). Alone, selects every quantizer of that width.")]
+BitsOption = Annotated[
+    int | None, typer.Option(help="Bit-width (gptq: 2, 3, 4, 8). Alone, selects every quantizer of that width.")
+]
 SparsityOption = Annotated[float | None, typer.Option(help="Pruned fraction, strictly between 0 and 1 (e.g. 0.5).")]
 GroupSizeOption = Annotated[int | None, typer.Option("--group-size", help="GPTQ group size (default 128).")]
 DatasetOption = Annotated[str | None, typer.Option(help="Dataset the prompt was trained on, e.g. wiki.")]

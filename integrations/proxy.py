@@ -55,8 +55,8 @@ class ServedPrompt:
                 "num_virtual_tokens": int(self.builder.prompt.shape[0]) if self.builder.prompt is not None else 0,
                 "tier": self.resolved.tier, "explanation": self.resolved.explanation,
             }
-        return {"prompt": prompt, "target": self.target.to_dict(), "add_special_tokens": self.builder.add_special_tokens,
-                "max_request_tokens": self.max_request_tokens}
+        return {"prompt": prompt, "target": self.target.to_dict(),
+                "add_special_tokens": self.builder.add_special_tokens, "max_request_tokens": self.max_request_tokens}
 
 
 def prepare(model_path: str | Path, *, client: Client | None, no_prompt: bool = False, ref: str | None = None,
@@ -212,6 +212,8 @@ async def _forward(http: httpx.AsyncClient, method: str, path: str, body: dict[s
         await answer.aclose()
     if answer.status_code >= 500:
         log.warning("upstream %s %s answered %d", method, path, answer.status_code)
-        return _error(502, f"the upstream engine failed ({answer.status_code}): {content[:500].decode(errors='replace')}",
+        return _error(502,
+                      f"the upstream engine failed ({answer.status_code}): "
+                      f"{content[:500].decode(errors='replace')}",
                       "upstream_error")
     return Response(content, status_code=answer.status_code, media_type=media)

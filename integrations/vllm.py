@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 #: Names the input embedding table has in the architectures transformers and vLLM share.
 EMBEDDING_NAMES = (
     "model.embed_tokens.weight", "transformer.wte.weight", "gpt_neox.embed_in.weight",
-    "model.decoder.embed_tokens.weight", "transformer.word_embeddings.weight", "transformer.embedding.word_embeddings.weight",
+    "model.decoder.embed_tokens.weight", "transformer.word_embeddings.weight",
+    "transformer.embedding.word_embeddings.weight",
 )
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -74,11 +75,15 @@ def read_embedding_table(folder: str | Path) -> torch.Tensor:
         raise InvalidInput(f"{root}: unreadable safetensors file: {exc}") from None
     found = [name for name in EMBEDDING_NAMES if name in files]
     if not found:
-        raise InvalidInput(f"{root}: no input embedding table among its tensors (looked for {', '.join(EMBEDDING_NAMES)})")
+        raise InvalidInput(
+            f"{root}: no input embedding table among its tensors (looked for {', '.join(EMBEDDING_NAMES)})"
+        )
     with safe_open(str(files[found[0]]), framework="pt") as handle:
         table = handle.get_tensor(found[0])
     if table.dim() != 2 or not table.is_floating_point():
-        raise InvalidInput(f"{root}: {found[0]} has shape {tuple(table.shape)} {table.dtype}, not a float [vocab, hidden]")
+        raise InvalidInput(
+            f"{root}: {found[0]} has shape {tuple(table.shape)} {table.dtype}, not a float [vocab, hidden]"
+        )
     if not bool(torch.isfinite(table).all()):
         raise InvalidInput(f"{root}: {found[0]} holds NaN or Inf")
     return table

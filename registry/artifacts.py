@@ -24,6 +24,7 @@ from . import strict_json
 from .compression import CompressionSpec, parse_compression
 from .digest import sha256_hex
 from .errors import InvalidArtifact, InvalidInput
+from .files import write_output
 from .refs import check_fingerprint, check_model_name
 
 FORMAT = "ctpreg-prompt/1"
@@ -170,13 +171,12 @@ def _canonical_header(data: bytes) -> bytes:
     return struct.pack("<Q", len(encoded)) + encoded + data[8 + header_len :]
 
 
-def write_artifact(path: str | Path, embeddings: np.ndarray, metadata: PromptMetadata, *, dtype: str = "float32") -> str:
-    """Write the artifact atomically (temp file + rename) and return its sha256."""
+def write_artifact(
+    path: str | Path, embeddings: np.ndarray, metadata: PromptMetadata, *, dtype: str = "float32"
+) -> str:
+    """Write the artifact whole (``files.write_output``: a regular file, temp file + rename) and return its sha256."""
     data = serialize_artifact(embeddings, metadata, dtype=dtype)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_output(Path(path), data)
     return sha256_hex(data)
 
 
@@ -250,7 +250,9 @@ def _header_metadata(data: bytes) -> dict[str, str]:
 
 def _check_embeddings(array: np.ndarray, metadata: PromptMetadata) -> None:
     if array.ndim != 2:
-        raise InvalidArtifact(f"{TENSOR_NAME} must be 2-D [num_virtual_tokens, hidden_size], got shape {list(array.shape)}")
+        raise InvalidArtifact(
+            f"{TENSOR_NAME} must be 2-D [num_virtual_tokens, hidden_size], got shape {list(array.shape)}"
+        )
     if str(array.dtype) not in SUPPORTED_DTYPES:
         raise InvalidArtifact(f"{TENSOR_NAME} dtype {array.dtype} unsupported; use float32 or float16")
     expected = (metadata.num_virtual_tokens, metadata.hidden_size)

@@ -146,7 +146,9 @@ def _percent(fraction: float | None) -> str:
 # Full matches over ASCII digits of bounded length: no trailing newline, no other scripts' digits, no integer that
 # overflows a database column.
 _QUANT_RE = re.compile(r"(?P<method>gptq)-w(?P<bits>[0-9]{1,2})-g(?P<group>[0-9]{1,6})|(?P<fixed>bnb-(?:nf4|fp4|int8))")
-_PRUNE_RE = re.compile(r"(?P<method>[a-z]{1,32})-(?:s(?P<pct>[0-9]{1,3}(?:\.[0-9]{1,6})?)|n(?P<n>[0-9]{1,3})m(?P<m>[0-9]{1,3}))")
+_PRUNE_RE = re.compile(
+    r"(?P<method>[a-z]{1,32})-(?:s(?P<pct>[0-9]{1,3}(?:\.[0-9]{1,6})?)|n(?P<n>[0-9]{1,3})m(?P<m>[0-9]{1,3}))"
+)
 
 
 def parse_compression(text: str) -> CompressionSpec:

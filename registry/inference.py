@@ -147,15 +147,20 @@ def _measured(sparsity: Sparsity) -> SparsityStats | None:
     return sparsity() if callable(sparsity) else sparsity
 
 
-def infer_compression(facts: CheckpointFacts, *, sparsity: Sparsity = None, method_hint: str | None = None) -> CompressionSpec:
+def infer_compression(
+    facts: CheckpointFacts, *, sparsity: Sparsity = None, method_hint: str | None = None
+) -> CompressionSpec:
     """The checkpoint's compression spec, or ``InvalidInput`` saying what could not be told and how to say it."""
     config = dict(facts.quantization_config or {})
     quant_method = quant_method_of(config)
     if facts.recorded is not None:
         recorded = parse_compression(facts.recorded)
-        if quant_method == "gptq" and (recorded.bits, recorded.group_size) != (config.get("bits"), config.get("group_size")):
+        if quant_method == "gptq" and (recorded.bits, recorded.group_size) != (
+            config.get("bits"), config.get("group_size")
+        ):
             raise InvalidInput(f"{RECORD_FILE} says {recorded.canonical} but quantization_config says "
-                               f"{config.get('bits')}-bit, group {config.get('group_size')}: the folder is inconsistent")
+                               f"{config.get('bits')}-bit, group {config.get('group_size')}: "
+                               "the folder is inconsistent")
         return recorded
     if quant_method == "gptq":
         return _gptq(config)
@@ -204,7 +209,9 @@ def _compressed_tensors(
     sparse = config.get("sparsity_config") or {}
     if not isinstance(groups, Mapping) or not isinstance(sparse, Mapping):
         raise InvalidInput("compressed-tensors config_groups and sparsity_config must be JSON objects")
-    weights = [g.get("weights") for g in groups.values() if isinstance(g, Mapping) and isinstance(g.get("weights"), Mapping)]
+    weights = [
+        g.get("weights") for g in groups.values() if isinstance(g, Mapping) and isinstance(g.get("weights"), Mapping)
+    ]
     quant: dict[str, Any] = {}
     if weights:
         first = weights[0]
@@ -238,7 +245,9 @@ def _pruning_method(facts: CheckpointFacts, hint: str | None) -> str:
     pruners = [m for m in facts.recipe_methods if m != "gptq"]
     if hint is not None and method_info(hint).family == PRUNING:
         if pruners and pruners[0] != hint:
-            raise InvalidInput(f"--method {hint} disagrees with the checkpoint's recipe, which pruned with {pruners[0]}")
+            raise InvalidInput(
+                f"--method {hint} disagrees with the checkpoint's recipe, which pruned with {pruners[0]}"
+            )
         return hint
     if pruners:
         return pruners[0]

@@ -249,7 +249,9 @@ def attach(
         if texts is None:
             raise InvalidInput("validate=True needs texts=[...] to measure on, e.g. the validation documents "
                                "ctpreg.trainer.data.load_corpus('news').split()[1]")
-        validator = InMemoryValidator(model, tokenizer, list(texts), described, seq_len=seq_len, max_windows=max_windows)
+        validator = InMemoryValidator(
+            model, tokenizer, list(texts), described, seq_len=seq_len, max_windows=max_windows
+        )
     resolved = client.resolve_loaded(described, model_name=model_name, validator=validator, top_k=top_k,
                                      min_gain=min_gain)
     prompted = resolved.apply(model, tokenizer)

@@ -56,7 +56,9 @@ def import_peft(
     config = _read_config(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
-        pickled = " (adapter_model.bin is pickle and is never loaded)" if (folder / "adapter_model.bin").exists() else ""
+        pickled = (
+            " (adapter_model.bin is pickle and is never loaded)" if (folder / "adapter_model.bin").exists() else ""
+        )
         raise InvalidArtifact(f"{folder}: no {WEIGHTS_FILE}{pickled}")
     try:
         tensors = load_file(str(weights))
@@ -71,7 +73,9 @@ def import_peft(
     if embeddings.shape != expected:
         raise InvalidArtifact(f"{weights}: {TENSOR_NAME} shape {list(embeddings.shape)} != config {list(expected)}")
     if config["token_dim"] != model.hidden_size:
-        raise InvalidArtifact(f"adapter token_dim {config['token_dim']} != {model.name} hidden size {model.hidden_size}")
+        raise InvalidArtifact(
+            f"adapter token_dim {config['token_dim']} != {model.name} hidden size {model.hidden_size}"
+        )
     metadata = PromptMetadata(
         model=model.name, model_fingerprint=model.fingerprint, compression=compression, dataset=dataset,
         num_virtual_tokens=int(config["num_virtual_tokens"]), hidden_size=model.hidden_size, task=task,

@@ -130,7 +130,9 @@ def cut_windows(tokenizer: Any, documents: list[str], seq_len: int, limit: int |
 
 
 @torch.no_grad()
-def perplexity_sums(model: nn.Module, windows: torch.Tensor, prompt: torch.Tensor | None, batch_size: int = 4) -> tuple[float, int]:
+def perplexity_sums(
+    model: nn.Module, windows: torch.Tensor, prompt: torch.Tensor | None, batch_size: int = 4
+) -> tuple[float, int]:
     """Total NLL and scored-token count of ``windows`` (tokens 2..L of each), with ``prompt`` in front if given."""
     device = model.get_input_embeddings().weight.device
     nll, tokens = 0.0, 0
@@ -160,12 +162,17 @@ class PromptedModel(nn.Module):
     ) -> Any:
         embeds, mask = prepend_prompt(self.model, input_ids, self.prompt, attention_mask)
         if labels is not None:
-            ignore = torch.full((labels.shape[0], self.num_virtual_tokens), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
-            labels = torch.cat([ignore, labels], dim=1)
+            # Prompt positions and token 1 are never scored, as everywhere in ctpreg (module docstring): the loss
+            # is the mean NLL of tokens 2..L, comparable with the same model's loss without a prompt.
+            ignore = torch.full((labels.shape[0], self.num_virtual_tokens + 1), IGNORE_INDEX, dtype=labels.dtype,
+                                device=labels.device)
+            labels = torch.cat([ignore, labels[:, 1:]], dim=1)
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         embeds, mask = prepend_prompt(self.model, input_ids, self.prompt, attention_mask)
         new_tokens = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)

@@ -132,7 +132,9 @@ class Measurement:
         return self.eval_data.key if self.eval_data is not None else legacy_eval_key(self.eval_dataset)
 
     def describe_data(self) -> str:
-        return self.eval_data.describe() if self.eval_data is not None else f"{self.eval_dataset} (windows not recorded)"
+        return (
+            self.eval_data.describe() if self.eval_data is not None else f"{self.eval_dataset} (windows not recorded)"
+        )
 
 
 @dataclass(frozen=True)

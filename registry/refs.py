@@ -2,7 +2,8 @@
 
 A name is ``/``-separated segments of letters, digits and ``._+-`` (each starting with a letter or digit), so it can
 never climb out of a folder or collide with reference syntax. A reference is one of:
-``name`` (its ``latest`` alias), ``name:VERSION``, ``name@ALIAS``, or a sha256 prefix of at least 8 hex characters. Every check is a full match (``$`` would accept a trailing newline).
+``name`` (its ``latest`` alias), ``name:VERSION``, ``name@ALIAS``, or a sha256 prefix of at least 8 hex characters.
+Every check is a full match (``$`` would accept a trailing newline).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def check_name(name: str) -> str:
     if not _NAME_RE.fullmatch(name) or ".." in name or len(name) > MAX_NAME_CHARS:
         raise InvalidInput(
             f"invalid prompt name {name!r}: use '/'-separated segments of letters, digits and '._+-', "
-            f"each starting with a letter or digit, at most {MAX_NAME_CHARS} in all (e.g. smollm2-135m/gptq-w3-g128/wiki)"
+            f"each starting with a letter or digit, at most {MAX_NAME_CHARS} in all "
+            "(e.g. smollm2-135m/gptq-w3-g128/wiki)"
         )
     return name
 

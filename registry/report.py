@@ -70,7 +70,8 @@ def markdown(model: str, points: list[ReportPoint]) -> str:
         for p in group:
             change = (p.ppl_with - p.ppl_without) / p.ppl_without
             lines.append(
-                f"| {p.target} | {p.target_key[:23]} | {p.bits_per_weight:g} | {p.ppl_without:.2f} | {p.ppl_with:.2f} | "
+                f"| {p.target} | {p.target_key[:23]} | {p.bits_per_weight:g} | "
+                f"{p.ppl_without:.2f} | {p.ppl_with:.2f} | "
                 f"{change:+.1%} | {p.best_prompt} | {'yes' if p.accepted else 'no'} |"
             )
     return "\n".join(lines) + "\n"

@@ -94,7 +94,9 @@ def resolve(
         measurement = validator(artifact, target)
         accepted = measurement.relative_gain >= min_gain
         registry.record_evidence(target, candidate.prompt, measurement, accepted=accepted)
-        log.info("validated %s on %s: gain %.2f%%", candidate.prompt.ref, target.describe(), 100 * measurement.relative_gain)
+        log.info(
+            "validated %s on %s: gain %.2f%%", candidate.prompt.ref, target.describe(), 100 * measurement.relative_gain
+        )
         measured.append(candidate.prompt.id)
     reranked = registry.candidates(target, eval_key=eval_key)
     accepted_first = [c for c in reranked if c.tier == MEASURED]

@@ -98,7 +98,8 @@ class Registry:
             name=name, compression=spec.canonical, method=spec.method, bits=spec.bits, sparsity=spec.sparsity,
             group_size=spec.group_size, dataset=meta.dataset, task=meta.task,
             num_virtual_tokens=meta.num_virtual_tokens, hidden_size=meta.hidden_size, dtype=artifact.dtype,
-            sha256=sha, size_bytes=len(data), object_key=key, metrics=meta.metrics, recovery=gap_recovered(meta.metrics),
+            sha256=sha, size_bytes=len(data), object_key=key, metrics=meta.metrics,
+            recovery=gap_recovered(meta.metrics),
             training=meta.training,
             created_at=datetime.now(UTC), created_by=self.user, deprecated=False,
         )
@@ -133,7 +134,9 @@ class Registry:
                 f"{meta.model_fingerprint[:19]}…: a prompt only fits the embedding space it was trained in"
             )
         if known.hidden_size != meta.hidden_size:
-            raise Conflict(f"model {meta.model!r} has hidden size {known.hidden_size}, the artifact says {meta.hidden_size}")
+            raise Conflict(
+                f"model {meta.model!r} has hidden size {known.hidden_size}, the artifact says {meta.hidden_size}"
+            )
 
     # --- read ----------------------------------------------------------------------------------------------------
 
@@ -310,7 +313,9 @@ class Registry:
                                "say which with --model / model_name=")
         return names[0]
 
-    def record_evidence(self, target: Target, prompt: PromptRecord, measurement: Measurement, *, accepted: bool) -> None:
+    def record_evidence(
+        self, target: Target, prompt: PromptRecord, measurement: Measurement, *, accepted: bool
+    ) -> None:
         spec = target.spec
         if spec is None:
             raise InvalidInput("evidence needs a fully specified target compression (method and level)")

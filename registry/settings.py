@@ -1,7 +1,8 @@
 """Configuration, read once (CLI callback or ``Client.from_env()``) and passed down.
 
-Precedence: environment variables, then ``ctpreg.toml`` (``$CTPREG_CONFIG`` or ``$CTPREG_HOME/ctpreg.toml``), then defaults.
-Nothing reads the environment at import time, so tests pass their own mapping instead of patching modules.
+Precedence: environment variables, then ``ctpreg.toml`` (``$CTPREG_CONFIG`` or ``$CTPREG_HOME/ctpreg.toml``),
+then defaults. Nothing reads the environment at import time, so tests pass their own mapping instead of patching
+modules.
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ from ctpreg.registry.stores.local import LocalStore
 
 os.environ.setdefault("CTPREG_PROGRESS", "0")
 # Fake credentials for moto; set before any test so monkeypatching tests restore them rather than delete them.
-for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"
+}.items():
     os.environ.setdefault(_key, _value)
 PG_ADMIN_URL = os.environ.get("CTPREG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

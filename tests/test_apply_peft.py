@@ -49,8 +49,8 @@ def test_apply_forward_prepends_prompt_and_masks_labels(tiny, published) -> None
     embeds, mask = manual_inputs(tiny.model, ids, embeddings)
     manual_logits = tiny.model(inputs_embeds=embeds, attention_mask=mask).logits
     torch.testing.assert_close(out.logits, manual_logits)
-    scoring = manual_logits[:, 4:-1]  # the last prompt position predicts the first token; prompt targets are -100
-    expected_loss = torch.nn.functional.cross_entropy(scoring.reshape(-1, scoring.shape[-1]), ids.reshape(-1))
+    scoring = manual_logits[:, 5:-1]  # tokens 2..L, each from the position before it; prompt and token 1 unscored
+    expected_loss = torch.nn.functional.cross_entropy(scoring.reshape(-1, scoring.shape[-1]), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, expected_loss)
 
 
@@ -60,7 +60,9 @@ def test_generate_with_the_wrapper_equals_manual_inputs_embeds(tiny, published) 
     ids = tiny.tokenizer("The quick brown", return_tensors="pt")["input_ids"]
     ours = wrapped.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     embeds, mask = manual_inputs(tiny.model, ids, embeddings)
-    manual = tiny.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    manual = tiny.model.generate(
+        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
+    )
     assert torch.equal(ours, torch.cat([ids, manual], dim=1))
 
 
@@ -104,7 +106,9 @@ def test_a_prompt_trained_by_peft_imports(tiny, published, tmp_path, capsys) -> 
         optimizer.step()
     folder = tmp_path / "peft-trained"
     peft_model.save_pretrained(str(folder))
-    code = main(["import", "--peft", str(folder), "--model", "tiny-llama", "--method", "bnb-nf4", "--dataset", "news", "--json"])
+    code = main([
+        "import", "--peft", str(folder), "--model", "tiny-llama", "--method", "bnb-nf4", "--dataset", "news", "--json"
+    ])
     out, err = capsys.readouterr()
     assert code == 0, err
     imported = json.loads(out)
@@ -118,7 +122,9 @@ def test_a_prompt_trained_by_peft_imports(tiny, published, tmp_path, capsys) -> 
 def test_import_refuses_pickle_adapters_and_unknown_models(tmp_path, capsys, cli_env) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 8}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 8})
+    )
     (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
     assert main(["models", "add", "m", "--fingerprint", FP_B, "--hidden-size", "8", "--vocab-size", "10"]) == 0
     code = main(["import", "--peft", str(folder), "--model", "m", "--method", "none", "--dataset", "d"])

@@ -29,7 +29,9 @@ def cli_json(capsys: pytest.CaptureFixture, *args: str):
 
 def _state(home: Path) -> tuple[int, list[str]]:
     """(prompt rows, object files) under a CTPREG_HOME."""
-    objects = sorted(str(p) for p in (home / "objects").rglob("*") if p.is_file()) if (home / "objects").exists() else []
+    objects = (
+        sorted(str(p) for p in (home / "objects").rglob("*") if p.is_file()) if (home / "objects").exists() else []
+    )
     if not (home / "registry.db").exists():
         return 0, objects
     import sqlite3
@@ -57,7 +59,9 @@ def test_walkthrough_publish_list_resolve_fetch(cli_env, tmp_path, capsys) -> No
 
 
 def test_card_example_bits_only(cli_env, tmp_path, capsys) -> None:
-    code, _, err = cli(capsys, "models", "add", "llama-7b", "--fingerprint", FP_B, "--hidden-size", "8", "--vocab-size", "32000")
+    code, _, err = cli(
+        capsys, "models", "add", "llama-7b", "--fingerprint", FP_B, "--hidden-size", "8", "--vocab-size", "32000"
+    )
     assert code == 0, err
     for seed, compression in enumerate(["gptq-w3-g128", "gptq-w4-g128", "sparsegpt-s50"]):
         data = artifact_bytes(seed, model="llama-7b", fp=FP_B, compression=compression)
@@ -100,9 +104,12 @@ def _bad_artifacts(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "truncated": (artifact_bytes(1)[:-10], "not a readable safetensors"),
         "empty": (b"", "empty file"),
         "missing keys": (save({"prompt_embeddings": ones}, metadata={"format": "ctpreg-prompt/1"}), "missing keys"),
-        "bad bits": (save({"prompt_embeddings": ones}, metadata={**good, "compression": "gptq-w5-g128"}), "supports bits"),
-        "unknown method": (save({"prompt_embeddings": ones}, metadata={**good, "compression": "awq-s50"}), "unknown compression method"),
-        "bad sparsity": (save({"prompt_embeddings": ones}, metadata={**good, "compression": "sparsegpt-s120"}), "between 0 and 1"),
+        "bad bits": (save({"prompt_embeddings": ones}, metadata={**good, "compression": "gptq-w5-g128"}),
+                     "supports bits"),
+        "unknown method": (save({"prompt_embeddings": ones}, metadata={**good, "compression": "awq-s50"}),
+                           "unknown compression method"),
+        "bad sparsity": (save({"prompt_embeddings": ones}, metadata={**good, "compression": "sparsegpt-s120"}),
+                         "between 0 and 1"),
     }
     paths = {}
     for label, (data, message) in cases.items():
@@ -131,7 +138,8 @@ def test_bad_input_is_one_clear_line_nonzero_and_writes_nothing(cli_env, tmp_pat
         "malformed ref": (["show", "a/b:x"], "positive integer"),
         "malformed ref 2": (["fetch", "../x"], "malformed reference"),
         "bits for method": (["resolve", "--model", "tiny-llama", "--method", "gptq", "--bits", "5"], "supports bits"),
-        "sparsity range": (["resolve", "--model", "tiny-llama", "--method", "sparsegpt", "--sparsity", "1.2"], "between 0 and 1"),
+        "sparsity range": (["resolve", "--model", "tiny-llama", "--method", "sparsegpt", "--sparsity", "1.2"],
+                           "between 0 and 1"),
         "unknown method": (["resolve", "--model", "tiny-llama", "--method", "awq"], "unknown compression method"),
         "missing file": (["publish", str(tmp_path / "absent.st")], "no such file"),
     }

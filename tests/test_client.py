@@ -99,7 +99,9 @@ def test_offline_resolves_and_fetches_with_no_socket(registry: Registry, tmp_pat
         offline.resolve("tiny-llama", method="gptq", bits=3)
 
 
-def test_immutable_refs_are_served_from_cache_without_the_registry(registry: Registry, tmp_path: Path, monkeypatch) -> None:
+def test_immutable_refs_are_served_from_cache_without_the_registry(
+    registry: Registry, tmp_path: Path, monkeypatch
+) -> None:
     published = registry.publish_bytes(artifact_bytes(seed=3), name="p").prompt
     client = Client(_settings(tmp_path), registry=registry)
     client.fetch("p:1")

@@ -31,7 +31,9 @@ def test_gptq_weights_take_at_most_2_to_the_bits_values_per_group(tmp_path: Path
     for name, layer in decoder_linears(result.model).items():
         weight = layer.weight.detach()
         groups = weight.view(weight.shape[0], -1, 32)
-        distinct = max(len(torch.unique(groups[r, g])) for r in range(0, weight.shape[0], 7) for g in range(groups.shape[1]))
+        distinct = max(
+            len(torch.unique(groups[r, g])) for r in range(0, weight.shape[0], 7) for g in range(groups.shape[1])
+        )
         assert distinct <= 2**bits, f"{name}: {distinct} values in a group at {bits} bits"
     assert not result.from_cache
     _, again = compressed(tmp_path, "gptq", bits=bits, group_size=32)
@@ -52,7 +54,8 @@ def test_gptq_fake_quant_logits_match_the_packed_model(tmp_path: Path) -> None:
         fp32_logits = result.model(input_ids=ids).logits
     scale = float(packed_logits.abs().max())
     print(f"max |dense bf16 - packed| = {float((dense_logits - packed_logits).abs().max()):.2e}, "
-          f"max |dense fp32 - packed| = {float((fp32_logits - packed_logits).abs().max()):.2e}, max |logit| = {scale:.2e}")
+          f"max |dense fp32 - packed| = {float((fp32_logits - packed_logits).abs().max()):.2e}, "
+          f"max |logit| = {scale:.2e}")
     assert float((dense_logits - packed_logits).abs().max()) <= 0.02 * scale, "same weights: equal up to bf16 rounding"
     assert float((fp32_logits - packed_logits).abs().max()) <= 0.02 * scale
     agree = (fp32_logits.argmax(-1) == packed_logits.argmax(-1)).float().mean()
@@ -117,7 +120,9 @@ def _directional_check(model, ids: torch.Tensor, hidden: int) -> tuple[float, fl
     [("none", {}), ("gptq", {"bits": 3, "group_size": 32}), ("bnb-nf4", {}), ("bnb-fp4", {}),
      ("sparsegpt", {"sparsity": 0.5}), ("wanda", {"sparsity": 0.5}), ("magnitude", {"sparsity": 0.5})],
 )
-def test_prompt_gradient_matches_finite_differences_after_an_eval_pass(tmp_path: Path, method: str, levels: dict) -> None:
+def test_prompt_gradient_matches_finite_differences_after_an_eval_pass(
+    tmp_path: Path, method: str, levels: dict
+) -> None:
     loaded, result = compressed(tmp_path, method, **levels)
     ids = torch.randint(3, loaded.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     perplexity(result.model, ids, batch_size=2)  # an eval-mode no-grad pass first (the bitsandbytes CPU trap)
@@ -169,3 +174,18 @@ def test_magnitude_mask_matches_numpy_reference() -> None:
     expected = np.ones_like(groups, dtype=bool)
     np.put_along_axis(expected, np.argsort(groups, axis=-1, kind="stable")[..., :2], False, axis=-1)
     np.testing.assert_array_equal(nm, expected)
+
+
+def test_cached_pruned_weights_missing_a_layer_are_pruned_again(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _, first = compressed(tmp_path, "sparsegpt", sparsity=0.5)
+    cached = next((tmp_path / "cache").rglob("pruned.safetensors"))
+    weights = load_file(str(cached))
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(cached))  # a damaged cache entry
+    _, again = compressed(tmp_path, "sparsegpt", sparsity=0.5)
+    for name, layer in decoder_linears(again.model).items():
+        assert sparsity(layer.weight) == pytest.approx(0.5, abs=0.01), name  # never silently unpruned
+        assert torch.equal(layer.weight, decoder_linears(first.model)[name].weight)
+    assert set(load_file(str(cached))) == set(weights)

@@ -58,7 +58,9 @@ def test_republishing_an_old_orphan_refreshes_it(registry: Registry, store_dir: 
     assert registry.fetch("reuse")[1] == data
 
 
-def test_publish_restores_an_object_collected_before_its_commit(registry: Registry, store_dir: Path, monkeypatch) -> None:
+def test_publish_restores_an_object_collected_before_its_commit(
+    registry: Registry, store_dir: Path, monkeypatch
+) -> None:
     from ctpreg.registry.db import crud
 
     data = artifact_bytes(seed=6)

@@ -77,7 +77,8 @@ def _insert_old_rows(conn, metrics: list[str]) -> None:
     for i, values in enumerate(metrics):
         conn.execute(text(
             "INSERT INTO prompt (name, version, base_model_id, compression, method, bits, dataset, num_virtual_tokens,"
-            " hidden_size, dtype, sha256, size_bytes, object_key, metrics, training, created_at, created_by, deprecated)"
+            " hidden_size, dtype, sha256, size_bytes, object_key, metrics, training, created_at, created_by,"
+            " deprecated)"
             " VALUES ('p', :v, 1, 'gptq-w3-g128', 'gptq', 3, 'wiki', 4, 8, 'float32', :sha, 1, 'k', :metrics, '{}',"
             " :now, 't', false)"
         ), {"v": i + 1, "sha": f"{i:064x}", "metrics": values, "now": OLD_ROW_TIME})

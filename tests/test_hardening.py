@@ -157,7 +157,8 @@ def test_cache_entries_are_checked_against_the_ref_they_answer(cli_env, tmp_path
     entries[1].write_bytes(entries[0].read_bytes())  # p2's entry now holds p1's record
     code, out, _ = cli(capsys, "fetch", "team/p2:1", "--json")
     assert code == 0 and json.loads(out)["sha256"] == shas[2]
-    for corrupt in (b"\xff\xfe", b"[1, 2]", b'{"key": {"ref": "team/p2:1"}, "value": {"prompt": {"name": 3}}}', b"{" * 5000):
+    for corrupt in (b"\xff\xfe", b"[1, 2]", b'{"key": {"ref": "team/p2:1"}, "value": {"prompt": {"name": 3}}}',
+                    b"{" * 5000):
         entries[1].write_bytes(corrupt)
         monkeypatch.delenv("CTPREG_OFFLINE", raising=False)
         code, out, _ = cli(capsys, "fetch", "team/p2:1", "--json")
@@ -258,7 +259,9 @@ def test_a_mistyped_sqlite_url_creates_nothing(cli_env, tmp_path, monkeypatch, c
     (b"\xff\xfe not utf-8", "UTF-8"), (b"db_url = ", "TOML"), (b"ctpreg = 3", "table"),
     (b"db_url = 5", "must be a string"), (b"colour = 'x'", "unknown keys"),
 ])
-def test_bad_config_files_are_one_line_errors(content: bytes, message: str, cli_env, tmp_path, monkeypatch, capsys) -> None:
+def test_bad_config_files_are_one_line_errors(
+    content: bytes, message: str, cli_env, tmp_path, monkeypatch, capsys
+) -> None:
     config = tmp_path / "ctpreg.toml"
     config.write_bytes(content)
     monkeypatch.setenv("CTPREG_CONFIG", str(config))
@@ -280,8 +283,8 @@ def test_odd_peft_configs_are_refused(content: bytes, cli_env, tmp_path, capsys)
     folder = tmp_path / "adapter"
     folder.mkdir()
     (folder / "adapter_config.json").write_bytes(content)
-    code, _, err = cli(capsys, "import", "--peft", str(folder), "--model", "tiny-llama", "--method", "gptq", "--bits", "3",
-                       "--dataset", "wiki")
+    code, _, err = cli(capsys, "import", "--peft", str(folder), "--model", "tiny-llama", "--method", "gptq",
+                       "--bits", "3", "--dataset", "wiki")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
 
 
@@ -308,3 +311,14 @@ def test_the_python_client_raises_only_ctpreg_errors(cli_env, tmp_path, capsys) 
     finally:
         if cache.is_dir():
             cache.chmod(0o700)
+
+
+def test_first_use_prints_no_alembic_lines_even_under_an_info_root_logger(cli_env) -> None:
+    import subprocess
+    import sys
+
+    script = ("import logging; logging.basicConfig(level=logging.INFO); "
+              "from ctpreg.cli.main import main; raise SystemExit(main(['list']))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **cli_env})
+    assert proc.returncode == 0 and "alembic" not in proc.stderr + proc.stdout, proc.stderr

@@ -71,7 +71,10 @@ def test_compressed_tensors_sparse_with_its_recipe() -> None:
     assert infer_compression(two_four).canonical == "wanda-n2m4"
     with pytest.raises(InvalidInput, match="does not record how"):
         infer_compression(CheckpointFacts(compressed_tensors(0.5)))
-    assert infer_compression(CheckpointFacts(compressed_tensors(0.5)), method_hint="magnitude").canonical == "magnitude-s50"
+    assert (
+        infer_compression(CheckpointFacts(compressed_tensors(0.5)), method_hint="magnitude").canonical
+        == "magnitude-s50"
+    )
     with pytest.raises(InvalidInput, match="disagrees with the checkpoint's recipe"):
         infer_compression(facts, method_hint="wanda")
 
@@ -152,7 +155,8 @@ def test_weights_are_measured_only_when_the_records_cannot_tell() -> None:
         calls.append(1)
         return SparsityStats(0.5)
 
-    for facts in (CheckpointFacts(gptq_config(4, 128)), CheckpointFacts({"quant_method": "bitsandbytes", "load_in_8bit": True}),
+    for facts in (CheckpointFacts(gptq_config(4, 128)),
+                  CheckpointFacts({"quant_method": "bitsandbytes", "load_in_8bit": True}),
                   CheckpointFacts(recorded="magnitude-s50")):
         infer_compression(facts, sparsity=measure)
     assert calls == [], "a GPTQ, bitsandbytes or recorded checkpoint needs no pass over its weights"

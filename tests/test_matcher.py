@@ -13,7 +13,9 @@ from ctpreg.registry.service import Registry
 from helpers import FP_A, FP_B, artifact_bytes
 
 
-def record(pid: int, compression: str, *, model: str = "m", dataset: str = "wiki", recovery: float = 0.5) -> PromptRecord:
+def record(
+    pid: int, compression: str, *, model: str = "m", dataset: str = "wiki", recovery: float = 0.5
+) -> PromptRecord:
     return PromptRecord(
         id=pid, name=f"p{pid}", version=1, model=model, model_fingerprint=FP_A, compression=compression,
         dataset=dataset, task=None, num_virtual_tokens=4, hidden_size=8, dtype="float32", sha256=f"{pid:064x}",

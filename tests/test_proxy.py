@@ -141,7 +141,9 @@ def test_request_bodies_for_vllm(served_dirs, published) -> None:
     resolved = Client(Settings.from_env()).fetch(published["ref"])
     builder = VllmPrompt.from_checkpoint(served_dirs["dense"], resolved)
     ids = builder.token_ids("hello world")
-    assert torch.equal(builder.offline_input("hello world")["prompt_embeds"], resolved.prompt_embeds(ids, builder.table))
+    assert torch.equal(
+        builder.offline_input("hello world")["prompt_embeds"], resolved.prompt_embeds(ids, builder.table)
+    )
     single = builder.completion_body("hello world", model="m", max_tokens=5, temperature=0)
     assert single["model"] == "m" and single["max_tokens"] == 5 and "prompt" not in single
     assert torch.equal(decode(single["prompt_embeds"]), resolved.prompt_embeds(ids, builder.table))
@@ -259,7 +261,8 @@ def test_bad_requests_and_engine_failures_are_clean_http_errors(served_dirs, pub
 def test_a_prompt_for_another_embedding_space_is_refused(served_dirs, published, tmp_path, capsys) -> None:
     other = tiny_llama(hidden=32)
     meta = PromptMetadata(
-        model="tiny-llama-32", model_fingerprint=other.fingerprint, compression=build_spec("gptq", bits=4, group_size=32),
+        model="tiny-llama-32", model_fingerprint=other.fingerprint,
+        compression=build_spec("gptq", bits=4, group_size=32),
         dataset="corpus", num_virtual_tokens=2, hidden_size=32, training={"steps": 0},
         metrics={"ppl_full": 300.0, "ppl_compressed": 330.0, "ppl_prompted": 320.0},
     )

@@ -11,12 +11,15 @@ from helpers import FP_A, FP_B, artifact_bytes
 
 COMPRESSIONS = [
     "none", "gptq-w2-g128", "gptq-w3-g128", "gptq-w3-g64", "gptq-w4-g128", "gptq-w8-g128", "bnb-nf4", "bnb-fp4",
-    "bnb-int8", "sparsegpt-s50", "sparsegpt-s75", "wanda-s50", "wanda-n2m4", "magnitude-s60", "gptq-w4-g128+sparsegpt-s50",
+    "bnb-int8", "sparsegpt-s50", "sparsegpt-s75", "wanda-s50", "wanda-n2m4", "magnitude-s60",
+    "gptq-w4-g128+sparsegpt-s50",
 ]
 TARGETS = [
-    {}, {"bits": 3}, {"bits": 4}, {"bits": 8}, {"method": "gptq", "bits": 3}, {"method": "gptq", "bits": 3, "group_size": 64},
+    {}, {"bits": 3}, {"bits": 4}, {"bits": 8}, {"method": "gptq", "bits": 3},
+    {"method": "gptq", "bits": 3, "group_size": 64},
     {"method": "gptq"}, {"method": "bnb-nf4"}, {"method": "sparsegpt", "sparsity": 0.5}, {"sparsity": 0.75},
-    {"method": "wanda"}, {"method": "gptq", "bits": 4, "sparsity": 0.5}, {"method": "none"}, {"method": "magnitude", "sparsity": 0.6},
+    {"method": "wanda"}, {"method": "gptq", "bits": 4, "sparsity": 0.5}, {"method": "none"},
+    {"method": "magnitude", "sparsity": 0.6},
 ]
 
 
@@ -49,7 +52,9 @@ def test_sql_head_equals_python_ranking(registry: Registry) -> None:
             if spec is not None:  # some evidence, so tiers 1 and 9 take part
                 for record in rng.sample(everything, 3):
                     gain = rng.uniform(-0.2, 0.3)
-                    registry.record_evidence(target, record, Measurement(50.0, 50.0 * (1 - gain), "wiki", 100), accepted=gain > 0.01)
+                    registry.record_evidence(
+                        target, record, Measurement(50.0, 50.0 * (1 - gain), "wiki", 100), accepted=gain > 0.01
+                    )
             evidence = registry.evidence("m")
             if spec is not None:
                 evidence = [e for e in evidence if e.target_compression == spec.canonical]

@@ -26,7 +26,10 @@ def gptq_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     from ctpreg.trainer.compress.gptq import quantize_gptq
 
     out = tmp_path_factory.mktemp("gptqmodel") / "tiny-gptq-w4-g32"
+    cwd, logs_before = Path.cwd(), Path("logs").exists()
     quantize_gptq(tiny_model_dir, build_spec("gptq", bits=4, group_size=32), CALIBRATION, out)
+    assert Path.cwd() == cwd and Path("logs").exists() == logs_before, "GPTQModel's log must not land in the cwd"
+    assert any((out.parent / "logs").glob("*.log"))
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
     return out
 
@@ -95,13 +98,19 @@ def test_gptqmodel_checkpoint_is_validated_as_it_is(gptq_dir, published, tmp_pat
     windows = all_windows(AutoTokenizer.from_pretrained(gptq_dir), load_corpus(str(corpus)), seq_len=32, limit=4)
     assert first[0]["eval_data"]["windows"] == windows.shape[0]
     # The checkpoint's quantized values, evaluated by the model's own loss: equal to what resolve measured ...
-    assert first[0]["ppl_without"] == pytest.approx(direct_perplexity(dequantize_dense(load_packed(gptq_dir)), windows), rel=1e-5)
+    assert first[0]["ppl_without"] == pytest.approx(
+        direct_perplexity(dequantize_dense(load_packed(gptq_dir)), windows), rel=1e-5
+    )
     # ... and to GPTQModel's packed bf16 kernel up to bf16 rounding.
     assert first[0]["ppl_without"] == pytest.approx(direct_perplexity(load_packed(gptq_dir), windows), rel=2e-2)
     again = run_json(capsys, "resolve", "--target-path", str(gptq_dir), "--validate", "--text-file", str(corpus),
                      "--min-gain", "-1", *COMMON)
-    assert len(evidence(home)) == 2 and again[0]["ppl_with"] == first[0]["ppl_with"], "same target, same windows: reused"
-    plain = run_json(capsys, "resolve", "--model", "tiny-llama", "--method", "gptq", "--bits", "4", "--group-size", "32")
+    assert len(evidence(home)) == 2 and again[0]["ppl_with"] == first[0]["ppl_with"], (
+        "same target, same windows: reused"
+    )
+    plain = run_json(
+        capsys, "resolve", "--model", "tiny-llama", "--method", "gptq", "--bits", "4", "--group-size", "32"
+    )
     assert plain[0]["tier"] != 1, "a measurement on one user's checkpoint is not evidence for every gptq-w4-g32 model"
 
 
@@ -111,7 +120,8 @@ def test_flags_against_the_checkpoint_are_refused_writing_nothing(gptq_dir, tmp_
     loop.symlink_to(loop)
     cases = [
         (["--target-path", str(loop)], "Symlink loop"),
-        (["--target-path", str(gptq_dir), "--bits", "3"], "--bits 3 disagrees with the checkpoint, which is gptq-w4-g32"),
+        (["--target-path", str(gptq_dir), "--bits", "3"],
+         "--bits 3 disagrees with the checkpoint, which is gptq-w4-g32"),
         (["--target-path", str(gptq_dir), "--method", "bnb-nf4"], "--method bnb-nf4 disagrees"),
         (["--target-path", str(gptq_dir), "--group-size", "128"], "--group-size 128 disagrees"),
         (["--target-path", str(tmp_path / "missing")], "is not a folder holding a checkpoint"),
@@ -127,7 +137,9 @@ def test_flags_against_the_checkpoint_are_refused_writing_nothing(gptq_dir, tmp_
     assert not (home / "registry.db").exists(), "a refused request writes nothing"
 
 
-def test_compress_save_writes_checkpoints_that_resolve_reads(tiny_model_dir, published, tmp_path, cli_env, capsys) -> None:
+def test_compress_save_writes_checkpoints_that_resolve_reads(
+    tiny_model_dir, published, tmp_path, cli_env, capsys
+) -> None:
     from transformers import AutoModelForCausalLM
 
     corpus = str(text_file(tmp_path))
@@ -157,7 +169,9 @@ def test_compress_save_writes_checkpoints_that_resolve_reads(tiny_model_dir, pub
     assert not (tmp_path / "bnb").exists() and not list(tmp_path.glob(".*.partial"))
 
 
-def test_llmcompressor_sparse_checkpoint_is_read_from_its_recipe(tiny_model_dir, published, tmp_path, cli_env, capsys) -> None:
+def test_llmcompressor_sparse_checkpoint_is_read_from_its_recipe(
+    tiny_model_dir, published, tmp_path, cli_env, capsys
+) -> None:
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import WandaPruningModifier
@@ -227,14 +241,18 @@ def test_attach_validates_on_the_in_memory_model(published, tmp_path, cli_env) -
 
     nll, tokens = perplexity_sums(loaded.model, cut_windows(loaded.tokenizer, texts, 32, 4, "texts"), None)
     assert ppl_without == pytest.approx(math.exp(nll / tokens))
-    assert ppl_without == pytest.approx(direct_perplexity(loaded.model, cut_windows(loaded.tokenizer, texts, 32, 4, "t")))
+    assert ppl_without == pytest.approx(
+        direct_perplexity(loaded.model, cut_windows(loaded.tokenizer, texts, 32, 4, "t"))
+    )
     from ctpreg.registry.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="needs texts"):
         attach(loaded.model, loaded.tokenizer, validate=True)
 
 
-@pytest.mark.parametrize(("method", "expected"), [("bnb-nf4", "bnb-nf4"), ("bnb-int8", "bnb-int8"), ("magnitude", None)])
+@pytest.mark.parametrize(
+    ("method", "expected"), [("bnb-nf4", "bnb-nf4"), ("bnb-int8", "bnb-int8"), ("magnitude", None)]
+)
 def test_in_memory_models_are_described_from_their_layers(method: str, expected: str | None, tmp_path: Path) -> None:
     from ctpreg.registry import describe_loaded
     from ctpreg.registry.errors import InvalidInput
@@ -266,8 +284,11 @@ def test_public_names_stay_functions_after_their_modules_load() -> None:
         assert not isinstance(getattr(package, name), types.ModuleType), name
 
 
-def test_gptq_folder_with_only_config_json_as_transformers_saves_it(gptq_dir, published, tmp_path, cli_env, capsys) -> None:
-    """transformers + optimum keep the GPTQ settings in config.json's quantization_config, with no quantize_config.json."""
+def test_gptq_folder_with_only_config_json_as_transformers_saves_it(
+    gptq_dir, published, tmp_path, cli_env, capsys
+) -> None:
+    """transformers + optimum keep the GPTQ settings in config.json's quantization_config, with no
+    quantize_config.json."""
     import shutil
 
     folder = tmp_path / "hf-gptq"

@@ -42,7 +42,9 @@ def test_train_publish_then_eval_with_the_published_prompt(model_dir, tmp_path, 
     assert report["published"] == "tiny-llama/gptq-w4-g32/corpus:1"
     artifact, _ = read_artifact(out)
     meta = artifact.metadata
-    assert (meta.model, meta.compression.canonical, meta.dataset, meta.num_virtual_tokens) == ("tiny-llama", "gptq-w4-g32", "corpus", 3)
+    assert (meta.model, meta.compression.canonical, meta.dataset, meta.num_virtual_tokens) == (
+        "tiny-llama", "gptq-w4-g32", "corpus", 3
+    )
     assert meta.metrics["ppl_prompted"] == report["ppl_prompted"]
     assert meta.training["steps"] == 6 and len(meta.training["data_hash"]) == 64
     code, stdout, err = run(capsys, "models", "list", "--json")
@@ -50,7 +52,9 @@ def test_train_publish_then_eval_with_the_published_prompt(model_dir, tmp_path, 
     assert model["architecture"] == "LlamaForCausalLM" and model["vocab_size"] == tiny_llama().vocab_size
 
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("\n".join(json.dumps({"question": f"Document {i}.", "choices": ["The quick", "zebra"], "answer": 0}) for i in range(3)))
+    tasks.write_text("\n".join(
+        json.dumps({"question": f"Document {i}.", "choices": ["The quick", "zebra"], "answer": 0}) for i in range(3)
+    ))
     code, stdout, err = run(
         capsys, "eval", "--model", "tiny-llama", "--model-path", str(model_dir), "--method", "gptq", "--bits", "4",
         "--group-size", "32", "--calibration", str(corpus), "--calibration-windows", "4", "--prompt",
@@ -111,7 +115,8 @@ rank, world = rank_and_world()
 assert world == 2
 loaded = tiny_llama()
 windows = make_windows(loaded.tokenizer, load_corpus({corpus!r}), seq_len=32)
-result = train_prompt(loaded.model, windows, TrainConfig(num_tokens=3, steps=4, eval_every=2, autocast_bf16=False, lr=0.05))
+result = train_prompt(loaded.model, windows, TrainConfig(num_tokens=3, steps=4, eval_every=2, autocast_bf16=False, \
+lr=0.05))
 from safetensors.torch import save_file
 save_file({{"prompt": result.prompt.contiguous()}}, {out!r} + f".{{rank}}")
 """

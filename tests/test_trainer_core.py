@@ -170,4 +170,40 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_compression(tmp_path: P
     config = TrainConfig(num_tokens=4, steps=2, eval_every=1, autocast_bf16=False)
     train_prompt(tiny.model, windows, config, checkpoint=tmp_path / "x.ckpt", context="tiny gptq-w3-g128")
     with pytest.raises(InvalidInput, match="belongs to tiny gptq-w3-g128, not tiny gptq-w2-g128"):
-        train_prompt(tiny.model, windows, config, checkpoint=tmp_path / "x.ckpt", resume=True, context="tiny gptq-w2-g128")
+        train_prompt(
+            tiny.model, windows, config, checkpoint=tmp_path / "x.ckpt", resume=True, context="tiny gptq-w2-g128"
+        )
+
+
+def test_c4_reads_one_shard_not_the_whole_split(monkeypatch) -> None:
+    import datasets
+
+    from ctpreg.trainer.data import load_corpus
+
+    calls = []
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return [{"text": "A document of C4."}, {"text": "  "}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    corpus = load_corpus("c4")
+    assert corpus.documents == ("A document of C4.",)
+    (path, kwargs), = calls
+    assert path == "allenai/c4" and kwargs["split"] == "train"
+    assert list(kwargs["data_files"].values()) == ["en/c4-train.00000-of-01024.json.gz"]
+
+
+def test_prompted_forward_loss_is_the_scored_token_mean_of_the_trainer() -> None:
+    """One definition of the prompted loss: ``PromptedModel(ids, labels=ids).loss`` averages the NLL of tokens
+    2..L exactly as evaluation does (token 1 and prompt positions never count)."""
+    from ctpreg.registry.prompted import PromptedModel, token_nll
+    from tiny import tiny_llama
+
+    loaded = tiny_llama()
+    ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(2))
+    prompt = loaded.model.get_input_embeddings().weight[torch.tensor([5, 9, 11])].detach() * 2
+    with torch.no_grad():
+        loss = PromptedModel(loaded.model, prompt)(ids, labels=ids).loss
+        expected = token_nll(loaded.model, ids, prompt).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)

@@ -34,8 +34,9 @@ def test_validate_records_evidence_and_the_second_resolve_reuses_it(model_dir, t
     run_json(capsys, "train", "--model", "tiny-llama", "--method", "gptq", "--bits", "4", "--group-size", "32",
              "--dataset", corpus, "-o", str(tmp_path / "p.safetensors"), "--publish", "--seq-len", "32", "--steps", "4",
              "--eval-every", "2", "--eval-windows", "4", "--num-tokens", "3", *common)
-    resolve = ["resolve", "--model", "tiny-llama", "--method", "gptq", "--bits", "2", "--group-size", "32", "--validate",
-               "--text-file", corpus, "--seq-len", "32", "--max-windows", "4", "--min-gain", "-1", *common]
+    resolve = ["resolve", "--model", "tiny-llama", "--method", "gptq", "--bits", "2", "--group-size", "32",
+               "--validate", "--text-file", corpus, "--seq-len", "32", "--max-windows", "4", "--min-gain", "-1",
+               *common]
     first = run_json(capsys, *resolve)
     assert first[0]["tier"] == 1 and first[0]["ppl_without"] > 1 and first[0]["ppl_with"] > 1
     assert evidence_rows(home) == 1
@@ -74,7 +75,10 @@ def test_report_chart_and_table_match_the_evidence(tmp_path, capsys, cli_env) ->
     from helpers import artifact_bytes
 
     registry = Registry.from_settings(Settings.from_env())
-    prompts = [registry.publish_bytes(artifact_bytes(seed=i, compression="gptq-w3-g128"), name=f"p{i}").prompt for i in range(2)]
+    prompts = [
+        registry.publish_bytes(artifact_bytes(seed=i, compression="gptq-w3-g128"), name=f"p{i}").prompt
+        for i in range(2)
+    ]
     measured = {
         ("gptq", 4, None): [(30.0, 25.0), (30.0, 27.0)],
         ("gptq", 2, None): [(300.0, 120.0), (300.0, 100.0)],
@@ -83,7 +87,9 @@ def test_report_chart_and_table_match_the_evidence(tmp_path, capsys, cli_env) ->
     for (method, bits, sparsity), pairs in measured.items():
         target = Target(model="tiny-llama", method=method, bits=bits, sparsity=sparsity)
         for prompt, (without, with_) in zip(prompts, pairs):
-            registry.record_evidence(target, prompt, Measurement(without, with_, "wiki/validation", 5000), accepted=with_ < without)
+            registry.record_evidence(
+                target, prompt, Measurement(without, with_, "wiki/validation", 5000), accepted=with_ < without
+            )
     windows = EvalData(corpus="news", split="validation", seq_len=256, windows=20, token_digest="ab" * 32)
     target = Target(model="tiny-llama", method="gptq", bits=4)
     on_news = Measurement(31.0, 29.0, windows.label, 5100, target_key="compressed:" + "cd" * 32, eval_data=windows)
@@ -91,7 +97,8 @@ def test_report_chart_and_table_match_the_evidence(tmp_path, capsys, cli_env) ->
     points = run_json(capsys, "report", "--model", "tiny-llama")
     assert [(p["target"], p["ppl_without"], p["ppl_with"], p["best_prompt"]) for p in points] == [
         ("gptq-w4-g128", 31.0, 29.0, "p1:1"),
-        ("gptq-w2-g128", 300.0, 100.0, "p1:1"), ("gptq-w4-g128", 30.0, 25.0, "p0:1"), ("sparsegpt-s50", 60.0, 45.0, "p0:1"),
+        ("gptq-w2-g128", 300.0, 100.0, "p1:1"), ("gptq-w4-g128", 30.0, 25.0, "p0:1"),
+        ("sparsegpt-s50", 60.0, 45.0, "p0:1"),
     ], "figures on other windows form their own series, never the best of a mixed group"
     assert points[0]["eval_windows"] == "news/validation, 20x256 tokens (ids abababababab)"
     chart = tmp_path / "chart.png"
@@ -104,7 +111,10 @@ def test_report_chart_and_table_match_the_evidence(tmp_path, capsys, cli_env) ->
     table = capsys.readouterr().out
     assert "| gptq-w2-g128 | legacy | 2 | 300.00 | 100.00 | -66.7% | p1:1 | yes |" in table
     legacy, news = table.index("Measured on wiki/validation (windows not recorded):"), table.index("Measured on news/")
-    assert news < table.index("| gptq-w4-g128 | compressed:cdcdcdcdcdcd | 4 | 31.00 |") < legacy < table.index("| gptq-w2-g128 |")
+    assert (
+        news < table.index("| gptq-w4-g128 | compressed:cdcdcdcdcdcd | 4 | 31.00 |")
+        < legacy < table.index("| gptq-w2-g128 |")
+    )
     assert main(["report", "--model", "unknown"]) == 5
 
 

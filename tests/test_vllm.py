@@ -65,15 +65,9 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, seconds: float)
     raise RuntimeError(f"{url} not healthy after {seconds}s:\n{log.read_text()[-4000:]}")
 
 
-def start(command: list[str], url: str, log: Path, env: dict[str, str], seconds: float) -> subprocess.Popen:
+def launch(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
-    try:
-        wait_healthy(url, process, log, seconds)
-    except BaseException:
-        process.kill()
-        raise
-    return process
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -132,19 +126,21 @@ def servers(served: dict, env: dict[str, str]):
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     root, processes = served["root"], []
     vllm_env = {**env, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proxy = [sys.executable, "-m", "ctpreg.cli.main", "proxy", "--upstream", urls["vllm"], "--model-path",
+             str(served["folder"])]
+    commands = {  # all three start at once; each proxy's /health turns 200 once vLLM answers
+        "vllm": ([str(served["python"]), "-m", "vllm.entrypoints.openai.api_server", "--model", str(served["folder"]),
+                  "--served-model-name", SERVED_NAME, "--enable-prompt-embeds", "--dtype", "float32",
+                  "--enforce-eager", "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(ports["vllm"])],
+                 vllm_env),
+        "proxy": ([*proxy, "--ref", served["ref"], "--port", str(ports["proxy"])], env),
+        "plain": ([*proxy, "--no-prompt", "--port", str(ports["plain"])], env),
+    }
     try:
-        processes.append(start(
-            [str(served["python"]), "-m", "vllm.entrypoints.openai.api_server", "--model", str(served["folder"]),
-             "--served-model-name", SERVED_NAME, "--enable-prompt-embeds", "--dtype", "float32", "--enforce-eager",
-             "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(ports["vllm"])],
-            urls["vllm"], root / "vllm.log", vllm_env, 600,
-        ))
-        proxy = [sys.executable, "-m", "ctpreg.cli.main", "proxy", "--upstream", urls["vllm"], "--model-path",
-                 str(served["folder"])]
-        processes.append(start([*proxy, "--ref", served["ref"], "--port", str(ports["proxy"])], urls["proxy"],
-                               root / "proxy.log", env, 120))
-        processes.append(start([*proxy, "--no-prompt", "--port", str(ports["plain"])], urls["plain"],
-                               root / "plain.log", env, 120))
+        for name, (command, command_env) in commands.items():
+            processes.append(launch(command, root / f"{name}.log", command_env))
+        for name, process in zip(commands, processes):
+            wait_healthy(urls[name], process, root / f"{name}.log", 600)
         yield urls
     finally:
         for process in processes:

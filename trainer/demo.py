@@ -172,4 +172,6 @@ def _measured_candidate(registry: Registry, validator: TargetValidator, target: 
     """The best candidate measured on this target and these windows (when none was good enough to serve)."""
     scope = validator.scope(target)
     measured_here = replace(target, identity=scope.target_key)
-    return next(c for c in registry.candidates(measured_here, eval_key=scope.eval_data.key) if c.measurement is not None)
+    return next(
+        c for c in registry.candidates(measured_here, eval_key=scope.eval_data.key) if c.measurement is not None
+    )

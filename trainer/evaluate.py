@@ -29,9 +29,6 @@ class Perplexity:
     nll: float
     tokens: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens}
-
 
 @torch.no_grad()
 def perplexity(

@@ -65,7 +65,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def model_fingerprint(tokenizer: Any, model: nn.Module) -> str:
     """DESIGN §3: the tokenizer's vocabulary, vocab size and hidden size; never the weights or their dtype."""
     weight = model.get_input_embeddings().weight
-    return embedding_fingerprint(tokenizer.get_vocab(), vocab_size=int(weight.shape[0]), hidden_size=int(weight.shape[1]))
+    return embedding_fingerprint(
+        tokenizer.get_vocab(), vocab_size=int(weight.shape[0]), hidden_size=int(weight.shape[1])
+    )
 
 
 def load_model(source: ModelSource, *, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
@@ -80,7 +82,9 @@ def load_model(source: ModelSource, *, device: str = "auto", dtype: torch.dtype 
     if target.type == "cuda":
         kwargs["device_map"] = "auto"
     log.info("loading %s", source.describe())
-    tokenizer = AutoTokenizer.from_pretrained(source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {})
+    )
     model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
         # transformers dequantizes GGUF into plain Linear layers but keeps the GGUF quantizer tag, which makes

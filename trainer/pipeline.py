@@ -132,7 +132,8 @@ def train_prompt_artifact(
         "ppl_full": full.ppl, "ppl_compressed": before.ppl, "ppl_prompted": after.ppl,
         "eval_dataset": f"{windows.corpus}/validation", "eval_tokens": after.tokens,
         "eval_data": EvalData(
-            corpus=windows.corpus, split="validation", seq_len=windows.seq_len, windows=int(windows.validation.shape[0]),
+            corpus=windows.corpus, split="validation", seq_len=windows.seq_len,
+            windows=int(windows.validation.shape[0]),
             token_digest=window_digest(windows.validation),
         ).to_dict(),
     }
@@ -208,7 +209,9 @@ def eval_set(tokenizer: Any, *, dataset: str | None, text_file: Path | None, seq
 def load_prompt_for(loaded: LoadedModel, prompt: str, client: Any) -> torch.Tensor:
     """A prompt from a file path or a registry reference, refused unless it was learned in this embedding space."""
     path = Path(prompt)
-    artifact = read_artifact(path)[0] if path.suffix == ".safetensors" or path.exists() else client.fetch(prompt).artifact
+    artifact = (
+        read_artifact(path)[0] if path.suffix == ".safetensors" or path.exists() else client.fetch(prompt).artifact
+    )
     check_compatible(loaded, artifact.metadata)
     return torch.from_numpy(artifact.embeddings.astype("float32"))
 
@@ -216,7 +219,8 @@ def load_prompt_for(loaded: LoadedModel, prompt: str, client: Any) -> torch.Tens
 def check_compatible(loaded: LoadedModel, metadata: PromptMetadata) -> None:
     if metadata.model_fingerprint != loaded.fingerprint:
         raise Conflict(
-            f"prompt was learned for {metadata.model} ({metadata.model_fingerprint[:19]}…) but {loaded.source.slug} has "
+            f"prompt was learned for {metadata.model} ({metadata.model_fingerprint[:19]}…) "
+            f"but {loaded.source.slug} has "
             f"fingerprint {loaded.fingerprint[:19]}…: different tokenizer or hidden size, the prompt cannot apply"
         )
 

@@ -48,7 +48,8 @@ class TrainConfig:
     eval_windows: int | None = field(default=None, metadata={"help": "validation windows used while training"})
     eval_batch_size: int = field(default=4, metadata={"help": "windows per evaluation batch"})
     autocast_bf16: bool = field(
-        default=True, metadata={"help": "bf16 autocast for training steps where the hardware has bf16 (not for evaluation)"}
+        default=True,
+        metadata={"help": "bf16 autocast for training steps where the hardware has bf16 (not for evaluation)"},
     )
     seed: int = field(default=0, metadata={"help": "prompt init and batch order"})
 
@@ -139,7 +140,9 @@ def train_prompt(
         log.info("resumed from %s at step %d", checkpoint, state.step)
 
     def evaluate(step: int) -> float:
-        ppl = perplexity(model, validation, prompt=prompt.detach(), batch_size=config.eval_batch_size, label="validate").ppl
+        ppl = perplexity(
+            model, validation, prompt=prompt.detach(), batch_size=config.eval_batch_size, label="validate"
+        ).ppl
         state.history.append({"step": step, "val_ppl": ppl})
         if ppl < state.best_ppl:
             state.best_ppl, state.best_step, state.best = ppl, step, prompt.detach().clone()
@@ -199,7 +202,9 @@ def _save_checkpoint(
     path: Path, prompt: nn.Parameter, optimizer: torch.optim.Optimizer, config: TrainConfig, windows: TokenWindows,
     state: _TrainState, step: int, context: str,
 ) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ctpreg.registry.files import atomic_write
 
     if not is_main():
         return
@@ -213,10 +218,7 @@ def _save_checkpoint(
         "best_ppl": state.best_ppl, "best_step": state.best_step, "initial_ppl": state.initial_ppl,
         "history": state.history, "config": config.digest, "data": windows.data_hash, "context": context,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"ctpreg_checkpoint": json.dumps(meta)})
-    tmp.replace(path)
+    atomic_write(path, save(tensors, metadata={"ctpreg_checkpoint": json.dumps(meta)}), durable=True)
 
 
 def _load_checkpoint(
@@ -232,7 +234,8 @@ def _load_checkpoint(
         raise InvalidInput(f"checkpoint {path} was made with another config or data; remove it or drop --resume")
     if meta.get("context", "") != context:
         raise InvalidInput(
-            f"checkpoint {path} belongs to {meta.get('context') or 'another run'}, not {context}; remove it or drop --resume"
+            f"checkpoint {path} belongs to {meta.get('context') or 'another run'}, not {context}; "
+            "remove it or drop --resume"
         )
     with torch.no_grad():
         prompt.copy_(tensors["prompt"])

@@ -138,7 +138,9 @@ class TargetValidator(_PerplexityValidator):
         spec = target.spec
         if spec is None:
             raise InvalidInput("validation needs a fully specified target compression")
-        return CompressConfig(spec, calibration=self.config.calibration, calibration_windows=self.config.calibration_windows)
+        return CompressConfig(
+            spec, calibration=self.config.calibration, calibration_windows=self.config.calibration_windows
+        )
 
     def _tokenizer(self, target: Target) -> Any:
         return self._base(target.model).tokenizer

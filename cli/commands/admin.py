@@ -78,8 +78,14 @@ def models_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 def gc(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
-    grace: Annotated[float, typer.Option(min=0, max=MAX_GC_GRACE_SECONDS, help="Keep unreferenced objects younger than this many seconds.")] = DEFAULT_GC_GRACE_SECONDS,
-    allow_empty_db: Annotated[bool, typer.Option("--allow-empty-db", help="Collect even when the DB references no prompt at all (otherwise refused: a lost DB would empty the store).")] = False,
+    grace: Annotated[float, typer.Option(
+        min=0, max=MAX_GC_GRACE_SECONDS, help="Keep unreferenced objects younger than this many seconds.",
+    )] = DEFAULT_GC_GRACE_SECONDS,
+    allow_empty_db: Annotated[bool, typer.Option(
+        "--allow-empty-db",
+        help=("Collect even when the DB references no prompt at all (otherwise refused: a lost DB would empty the "
+              "store)."),
+    )] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Remove stored objects no prompt references, and partial uploads of killed publishes, older than --grace."""

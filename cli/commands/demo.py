@@ -15,8 +15,12 @@ def demo(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Model slug.")] = "smollm2-135m",
     model_path: Annotated[str | None, typer.Option("--model-path", help="Local folder, .gguf file or hub id.")] = None,
-    train_compression: Annotated[str, typer.Option("--train", help="Compression the prompt is trained on.")] = "gptq-w3-g128",
-    targets: Annotated[str, typer.Option(help="Comma-separated transfer targets.")] = "gptq-w4-g128,gptq-w2-g128,sparsegpt-s50",
+    train_compression: Annotated[str, typer.Option(
+        "--train", help="Compression the prompt is trained on.",
+    )] = "gptq-w3-g128",
+    targets: Annotated[str, typer.Option(
+        help="Comma-separated transfer targets.",
+    )] = "gptq-w4-g128,gptq-w2-g128,sparsegpt-s50",
     dataset: Annotated[str, typer.Option(help="Training and validation corpus.")] = "wiki",
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 100,
     num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens.")] = 20,
@@ -52,7 +56,8 @@ def demo(
         return
     full_note = " (full = GGUF Q4_1 dequantized)" if model == "smollm2-135m" and not model_path else ""
     data = report.eval_data
-    windows = f"{data['corpus']}/{data['split']}, {data['windows']} windows of {data['seq_len']} tokens (ids {data['token_digest'][:12]})"
+    windows = (f"{data['corpus']}/{data['split']}, {data['windows']} windows of {data['seq_len']} tokens "
+               f"(ids {data['token_digest'][:12]})")
     table(
         f"{model}: prompt trained on {train_compression}/{dataset}; every row measured on {windows}{full_note}",
         ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered", "served prompt", "how", "seconds"],

@@ -21,7 +21,9 @@ def generate(
     bits: BitsOption = None,
     group_size: GroupSizeOption = None,
     sparsity: SparsityOption = None,
-    no_prompt: Annotated[bool, typer.Option("--no-prompt", help="Generate without any prompt, for comparison.")] = False,
+    no_prompt: Annotated[bool, typer.Option(
+        "--no-prompt", help="Generate without any prompt, for comparison.",
+    )] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate (greedy).")] = 40,
     calibration: Annotated[str, typer.Option(help="Calibration corpus for compressing the model.")] = "wiki",
     calibration_windows: Annotated[int, typer.Option(min=1, help="Calibration windows.")] = 32,

@@ -15,7 +15,9 @@ from ..options import BitsOption, GroupSizeOption, JsonFlag, RefArgument, Sparsi
 from ..output import emit_json, info
 from ..state import state
 
-PeftDir = Annotated[Path, typer.Option("--peft", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors).")]
+PeftDir = Annotated[
+    Path, typer.Option("--peft", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors).")
+]
 
 
 def export(ctx: typer.Context, ref: RefArgument, peft: PeftDir) -> None:

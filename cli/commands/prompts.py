@@ -79,7 +79,9 @@ def _print_record(record: PromptRecord) -> None:
 def fetch(
     ctx: typer.Context,
     ref: RefArgument,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the artifact here (default: print the cached path).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the artifact here (default: print the cached path).",
+    )] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Download a prompt into the local cache (sha256-verified) and optionally copy it to a file."""

@@ -19,18 +19,40 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def proxy(
     ctx: typer.Context,
-    upstream: Annotated[str, typer.Option("--upstream", help="The vLLM server's base URL, started with --enable-prompt-embeds.")],
-    model_path: Annotated[Path, typer.Option("--model-path", help="The checkpoint folder the vLLM server serves (its tokenizer and embedding table are read from it, its compression from its config).")],
+    upstream: Annotated[str, typer.Option(
+        "--upstream", help="The vLLM server's base URL, started with --enable-prompt-embeds.",
+    )],
+    model_path: Annotated[Path, typer.Option(
+        "--model-path",
+        help=("The checkpoint folder the vLLM server serves (its tokenizer and embedding table are read from it, its "
+              "compression from its config)."),
+    )],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8100,
-    ref: Annotated[str | None, typer.Option("--ref", help="Serve this prompt (model/compression/dataset[:version] or @alias) instead of resolving one.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Registered base model, when several share the checkpoint's embedding space.")] = None,
+    ref: Annotated[str | None, typer.Option(
+        "--ref", help="Serve this prompt (model/compression/dataset[:version] or @alias) instead of resolving one.",
+    )] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Registered base model, when several share the checkpoint's embedding space.",
+    )] = None,
     method: Annotated[str | None, typer.Option(help="Pruner of a pruned checkpoint that does not record it.")] = None,
-    dtype: Annotated[str, typer.Option(help="The dtype the vLLM server runs the model in, if not the stored one (its --dtype).")] = "auto",
-    no_prompt: Annotated[bool, typer.Option("--no-prompt", help="Pass requests through unchanged (A/B against the same server).")] = False,
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, max=1 << 30, help="Largest request body accepted (413 above).")] = 1 << 20,
-    max_request_tokens: Annotated[int | None, typer.Option("--max-request-tokens", min=1, max=1 << 20, help="Most positions (prompt + text, summed over a batch) one request may use; default the checkpoint's context length.")] = None,
-    timeout: Annotated[float, typer.Option(min=1.0, max=86400.0, help="Seconds to wait for the upstream's answer (504 after).")] = 600.0,
+    dtype: Annotated[str, typer.Option(
+        help="The dtype the vLLM server runs the model in, if not the stored one (its --dtype).",
+    )] = "auto",
+    no_prompt: Annotated[bool, typer.Option(
+        "--no-prompt", help="Pass requests through unchanged (A/B against the same server).",
+    )] = False,
+    max_body_bytes: Annotated[int, typer.Option(
+        "--max-body-bytes", min=1024, max=1 << 30, help="Largest request body accepted (413 above).",
+    )] = 1 << 20,
+    max_request_tokens: Annotated[int | None, typer.Option(
+        "--max-request-tokens", min=1, max=1 << 20,
+        help=("Most positions (prompt + text, summed over a batch) one request may use; default the checkpoint's "
+              "context length."),
+    )] = None,
+    timeout: Annotated[float, typer.Option(
+        min=1.0, max=86400.0, help="Seconds to wait for the upstream's answer (504 after).",
+    )] = 600.0,
 ) -> None:
     """OpenAI-compatible /v1/completions that puts the resolved prompt in front of every request and forwards it
     to vLLM as prompt_embeds; /v1/models passes through; /health reports the prompt served and the upstream.

@@ -20,7 +20,9 @@ from ..state import state
 def report(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Base model whose evidence to show.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG file to write (with --format png).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="PNG file to write (with --format png).",
+    )] = None,
     fmt: Annotated[str, typer.Option("--format", help="png or md.")] = "png",
     as_json: JsonFlag = False,
 ) -> None:

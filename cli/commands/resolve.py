@@ -19,25 +19,40 @@ from ..state import state
 
 def resolve(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Target base model slug, e.g. llama-7b (read from --target-path's fingerprint when omitted).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m",
+        help="Target base model slug, e.g. llama-7b (read from --target-path's fingerprint when omitted).",
+    )] = None,
     method: MethodOption = None,
     bits: BitsOption = None,
     sparsity: SparsityOption = None,
     group_size: GroupSizeOption = None,
     dataset: DatasetOption = None,
     task: Annotated[str | None, typer.Option(help="Prefer prompts learned for this task.")] = None,
-    target_path: Annotated[Path | None, typer.Option("--target-path", help="Your compressed checkpoint folder (GPTQ, compressed-tensors, bitsandbytes or pruned weights): its model and compression are read from it and --validate measures on it, loaded as it is.")] = None,
-    validate: Annotated[bool, typer.Option("--validate", help="Measure the top candidates on the target before serving.")] = False,
-    validation_data: Annotated[str | None, typer.Option("--validation-data", help="Corpus whose validation split is measured (default news).")] = None,
+    target_path: Annotated[Path | None, typer.Option(
+        "--target-path",
+        help=("Your compressed checkpoint folder (GPTQ, compressed-tensors, bitsandbytes or pruned weights): its "
+              "model and compression are read from it and --validate measures on it, loaded as it is."),
+    )] = None,
+    validate: Annotated[bool, typer.Option(
+        "--validate", help="Measure the top candidates on the target before serving.",
+    )] = False,
+    validation_data: Annotated[str | None, typer.Option(
+        "--validation-data", help="Corpus whose validation split is measured (default news).",
+    )] = None,
     text_file: Annotated[Path | None, typer.Option("--text-file", help="Measure on this text file instead.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates to measure.")] = DEFAULT_TOP_K,
-    min_gain: Annotated[float, typer.Option("--min-gain", help="Serve only a prompt that lowers perplexity by this fraction.")] = DEFAULT_MIN_GAIN,
+    min_gain: Annotated[float, typer.Option(
+        "--min-gain", help="Serve only a prompt that lowers perplexity by this fraction.",
+    )] = DEFAULT_MIN_GAIN,
     revalidate: Annotated[bool, typer.Option("--revalidate", help="Measure again even if evidence exists.")] = False,
     max_windows: Annotated[int, typer.Option("--max-windows", min=1, help="Validation windows.")] = 20,
     calibration: Annotated[str, typer.Option(help="Calibration corpus for compressing the target.")] = "wiki",
     calibration_windows: Annotated[int, typer.Option(min=1, help="Calibration windows for the target.")] = 32,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per validation window.")] = 256,
-    model_path: Annotated[str | None, typer.Option("--model-path", help="Local folder, .gguf file or hub id of the base model to compress for validation.")] = None,
+    model_path: Annotated[str | None, typer.Option(
+        "--model-path", help="Local folder, .gguf file or hub id of the base model to compress for validation.",
+    )] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N] for validation.")] = "auto",
     as_json: JsonFlag = False,
 ) -> None:

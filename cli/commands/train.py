@@ -46,8 +46,16 @@ def compress(
     calibration_windows: CalibrationWindowsOption = 32,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
-    save: Annotated[Path | None, typer.Option("--save", help="Also write the compressed model to this new folder as a standard checkpoint (GPTQ: GPTQModel's packed format; pruning: dense weights with zeros), tokenizer included.")] = None,
-    save_format: Annotated[str, typer.Option("--format", help="--save layout: native (GPTQ packed) or hf (dense transformers weights, for serving engines without a GPTQ kernel, e.g. vLLM on CPU).")] = "native",
+    save: Annotated[Path | None, typer.Option(
+        "--save",
+        help=("Also write the compressed model to this new folder as a standard checkpoint (GPTQ: GPTQModel's packed "
+              "format; pruning: dense weights with zeros), tokenizer included."),
+    )] = None,
+    save_format: Annotated[str, typer.Option(
+        "--format",
+        help=("--save layout: native (GPTQ packed) or hf (dense transformers weights, for serving engines without a "
+              "GPTQ kernel, e.g. vLLM on CPU)."),
+    )] = "native",
     as_json: JsonFlag = False,
 ) -> None:
     """Compress a model and cache the result (keyed by model, spec and calibration data) for train and eval.
@@ -78,7 +86,8 @@ def compress(
     if as_json:
         emit_json(report)
     else:
-        info(f"{model} {config.spec.canonical}: {'cached' if compressed.from_cache else 'compressed'} in {compressed.seconds:.1f}s")
+        info(f"{model} {config.spec.canonical}: {'cached' if compressed.from_cache else 'compressed'} "
+             f"in {compressed.seconds:.1f}s")
         if saved:
             info(f"checkpoint written to {saved}")
 
@@ -92,7 +101,9 @@ def train(
     group_size: GroupSizeOption = None,
     sparsity: SparsityOption = None,
     nm: NmOption = None,
-    dataset: Annotated[str, typer.Option(help="Training corpus: wiki, news, wikitext2, c4, ptb or a .txt/.jsonl file.")] = "wiki",
+    dataset: Annotated[str, typer.Option(
+        help="Training corpus: wiki, news, wikitext2, c4, ptb or a .txt/.jsonl file.",
+    )] = "wiki",
     num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens in the prompt.")] = 20,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 100,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine decay).")] = 3e-2,
@@ -139,7 +150,8 @@ def train(
             published = pipeline.register_and_publish(state(ctx).registry, loaded, out, name=name)
     metrics = trained.metadata.metrics
     report = {
-        "artifact": str(out), "sha256": trained.sha256, **{k: metrics[k] for k in ("ppl_full", "ppl_compressed", "ppl_prompted", "gap_recovered", "eval_tokens")},
+        "artifact": str(out), "sha256": trained.sha256,
+        **{k: metrics[k] for k in ("ppl_full", "ppl_compressed", "ppl_prompted", "gap_recovered", "eval_tokens")},
         "step_seconds": trained.result.step_seconds, "tokens_per_second": trained.result.tokens_per_second,
         "best_step": trained.result.best_step, "published": published.prompt.ref if published else None,
     }
@@ -147,7 +159,8 @@ def train(
         emit_json(report)
         return
     table(
-        f"{model} {compress_config.spec.canonical} + {num_tokens}-token prompt ({dataset} validation, {metrics['eval_tokens']} tokens)",
+        f"{model} {compress_config.spec.canonical} + {num_tokens}-token prompt "
+        f"({dataset} validation, {metrics['eval_tokens']} tokens)",
         ["ppl full", "ppl compressed", "ppl prompted", "gap recovered", "s/step", "tokens/s"],
         [(f"{metrics['ppl_full']:.2f}", f"{metrics['ppl_compressed']:.2f}", f"{metrics['ppl_prompted']:.2f}",
           f"{metrics['gap_recovered']:.0%}" if metrics["gap_recovered"] is not None else "n/a",
@@ -166,7 +179,9 @@ def evaluate(
     nm: NmOption = None,
     prompt: Annotated[str | None, typer.Option(help="A prompt artifact path or a registry REF.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Evaluate on this corpus' validation split.")] = None,
-    text_file: Annotated[Path | None, typer.Option("--text-file", help="Evaluate on every window of this file.")] = None,
+    text_file: Annotated[Path | None, typer.Option(
+        "--text-file", help="Evaluate on every window of this file.",
+    )] = None,
     max_windows: Annotated[int, typer.Option("--max-windows", min=1, help="At most this many windows.")] = 40,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
     tasks: Annotated[Path | None, typer.Option(help="JSONL multiple-choice tasks: question, choices, answer.")] = None,
@@ -190,7 +205,9 @@ def evaluate(
 
         task_items = load_tasks(tasks) if tasks else None
         base_accuracy = multiple_choice_accuracy(loaded.model, loaded.tokenizer, task_items) if task_items else None
-        report, compressed = pipeline.evaluate_conditions(loaded, compress_config, windows, home=state(ctx).settings.home, prompt=prompt_tensor)
+        report, compressed = pipeline.evaluate_conditions(
+            loaded, compress_config, windows, home=state(ctx).settings.home, prompt=prompt_tensor
+        )
         if task_items:
             report["accuracy_full"] = base_accuracy
             report["accuracy_compressed"] = multiple_choice_accuracy(compressed.model, loaded.tokenizer, task_items)

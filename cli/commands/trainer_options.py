@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-ModelArg = Annotated[str, typer.Option("--model", "-m", help="Model slug: smollm2-135m (packaged), llama-7b, opt-1.3b, ...")]
+ModelArg = Annotated[
+    str, typer.Option("--model", "-m", help="Model slug: smollm2-135m (packaged), llama-7b, opt-1.3b, ...")
+]
 ModelPathOption = Annotated[
     str | None, typer.Option("--model-path", help="Override the catalog: a local folder, a .gguf file or a hub id.")
 ]

@@ -1,1 +1,2 @@
-"""Metadata DB: SQLModel rows (``models``), engine and sessions (``engine``), queries (``crud``), Alembic (``migrate``)."""
+"""Metadata DB: SQLModel rows (``models``), engine and sessions (``engine``), queries (``crud``),
+Alembic (``migrate``)."""

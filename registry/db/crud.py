@@ -156,7 +156,9 @@ def insert_next_version(
     under the same name returns the existing version.
     """
     name, sha = values["name"], values["sha256"]
-    next_version = select(func.coalesce(func.max(_prompt.c.version), 0) + 1).where(_prompt.c.name == name).scalar_subquery()
+    next_version = (
+        select(func.coalesce(func.max(_prompt.c.version), 0) + 1).where(_prompt.c.name == name).scalar_subquery()
+    )
     statement = (
         _insert(session, _prompt).values(**values, version=next_version).on_conflict_do_nothing()
         .returning(_prompt.c.id, _prompt.c.version)

@@ -104,8 +104,10 @@ class Database:
         if self._schema_checked:
             return
         revision = self.current_revision()
-        if revision is None and self._auto_upgrade_empty:
-            with self._upgrade_lock():  # several processes may start on a fresh home at once
+        if revision != SCHEMA_REVISION and self._auto_upgrade_empty:
+            # Several processes may start on a fresh home at once: one creates the schema under the lock while the
+            # others, which may have read a half-upgraded revision meanwhile, wait for it and read again.
+            with self._upgrade_lock():
                 revision = self.current_revision()
                 if revision is None and self._is_empty():
                     from .migrate import upgrade
@@ -115,13 +117,19 @@ class Database:
         if revision != SCHEMA_REVISION:
             state = "has no ctpreg schema" if revision is None else f"is at revision {revision}"
             raise SchemaOutOfDate(
-                f"metadata DB {safe_url(self.url)} {state}; this ctpreg needs {SCHEMA_REVISION}: run `ctpreg db upgrade`"
+                f"metadata DB {safe_url(self.url)} {state}; this ctpreg needs {SCHEMA_REVISION}: "
+                "run `ctpreg db upgrade`"
             )
         self._schema_checked = True
 
     def _sqlite_file_missing(self) -> bool:
         database = self.engine.url.database
-        return self.dialect == "sqlite" and bool(database) and database != ":memory:" and not Path(database).expanduser().exists()
+        return (
+            self.dialect == "sqlite"
+            and bool(database)
+            and database != ":memory:"
+            and not Path(database).expanduser().exists()
+        )
 
     def make_sqlite_folder(self) -> None:
         """Create a SQLite DB's folder: when the embedded DB is first used, or by ``ctpreg db upgrade``."""

@@ -3,9 +3,13 @@ upgrade a DB without an ``alembic.ini`` or a source checkout."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from importlib.resources import files
 
-from collections.abc import Iterator
+# ctpreg drives alembic from code and reports revisions itself; alembic's INFO lines (plugin set-up, "Running
+# upgrade ...") would otherwise reach command output whenever a library in the process configured the root logger.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 from contextlib import contextmanager
 
 from alembic import command
@@ -52,3 +56,4 @@ def _translated() -> Iterator[None]:
         raise InvalidInput(f"migration: {exc}") from exc
     except SQLAlchemyError as exc:
         raise DatabaseError(f"migration failed: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}") from exc
+

@@ -14,7 +14,21 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Float, Integer, Select, String, and_, bindparam, case, false, func, literal, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    false,
+    func,
+    literal,
+    select,
+    true,
+)
 
 from ..compression import FULL_PRECISION_BITS, METHODS, PRUNING, QUANTIZATION
 from ..matcher import EXACT, OTHER_FAMILY, SAME_FAMILY, Target
@@ -106,7 +120,9 @@ def _misses(shape: Shape) -> list[ColumnElement]:
 
 
 def _by_recovery() -> list[ColumnElement]:
-    return [case((_prompt.recovery.is_(None), 1), else_=0), _prompt.recovery.desc(), _prompt.version.desc(), _prompt.name]
+    return [
+        case((_prompt.recovery.is_(None), 1), else_=0), _prompt.recovery.desc(), _prompt.version.desc(), _prompt.name
+    ]
 
 
 def _order(shape: Shape) -> list[ColumnElement]:

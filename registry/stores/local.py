@@ -62,7 +62,9 @@ class LocalStore(ObjectStore):
             stat = path.stat()
             modified = datetime.fromtimestamp(stat.st_mtime, UTC)
             if path.is_file() and modified <= older_than:
-                found.append(ObjectInfo(key=path.relative_to(self.root).as_posix(), size=stat.st_size, modified=modified))
+                found.append(
+                    ObjectInfo(key=path.relative_to(self.root).as_posix(), size=stat.st_size, modified=modified)
+                )
         return found
 
     def delete_partial(self, item: ObjectInfo) -> None:

@@ -115,15 +115,22 @@ def _prune(loaded: LoadedModel, spec: CompressionSpec, calibration: torch.Tensor
 
         return prune_magnitude(model, spec)
     cached = folder / "pruned.safetensors"
+    expected = {f"{name}.weight": layer.weight for name, layer in decoder_linears(model).items()}
     if cached.is_file():
-        model.load_state_dict(load_file(str(cached), device=str(loaded.device)), strict=False)
-        return model
+        weights = load_file(str(cached), device=str(loaded.device))
+        if weights.keys() == expected.keys() and all(w.shape == expected[k].shape for k, w in weights.items()):
+            model.load_state_dict(weights, strict=False)  # exactly the decoder's Linear weights, checked above
+            return model
+        log.warning("cached pruned weights %s do not match the model's layers; pruning again", cached)
+        cached.unlink()
     if calibration is None:
         raise InvalidInput(f"{spec.prune_method} needs calibration data")
     from .pruning import prune_oneshot
 
     prune_oneshot(model, loaded.tokenizer, spec, calibration)
-    weights = {f"{name}.weight": layer.weight.detach().cpu().contiguous() for name, layer in decoder_linears(model).items()}
+    weights = {
+        f"{name}.weight": layer.weight.detach().cpu().contiguous() for name, layer in decoder_linears(model).items()
+    }
     tmp = folder / ".pruned.safetensors.tmp"
     save_file(weights, str(tmp))
     tmp.replace(cached)

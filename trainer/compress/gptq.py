@@ -33,19 +33,34 @@ def _quiet_gptqmodel():
         yield
 
 
+@contextlib.contextmanager
+def _log_folder(folder: Path):
+    """GPTQModel's quantization log folder (a module-level relative path in GPTQModel 7.6), for one call."""
+    from gptqmodel.looper import loop_processor
+
+    previous = loop_processor._PROJECT_LOG_DIR
+    loop_processor._PROJECT_LOG_DIR = folder
+    try:
+        yield
+    finally:
+        loop_processor._PROJECT_LOG_DIR = previous
+
+
 def quantize_gptq(
     checkpoint: Path, spec: CompressionSpec, calibration: torch.Tensor, output: Path, *, batch_size: int = 16
 ) -> Path:
     """Quantize the HF checkpoint folder ``checkpoint`` (it must hold a tokenizer) into ``output``.
 
-    GPTQModel writes a per-layer quantization log to ``./logs``; running it from the cache folder keeps that log
-    beside the model it describes instead of in the user's working directory.
+    GPTQModel writes a per-layer quantization log to ``./logs``; pointing that folder beside ``output`` keeps the
+    log with the model it describes, without changing the process's working directory.
     """
     checkpoint, output = checkpoint.resolve(), output.resolve()
-    with _quiet_gptqmodel(), contextlib.chdir(output.parent):
+    with _quiet_gptqmodel(), _log_folder(output.parent / "logs"):
         from gptqmodel import GPTQModel, QuantizeConfig
 
-        config = QuantizeConfig(bits=spec.bits, group_size=spec.group_size, sym=True, desc_act=False, true_sequential=False)
+        config = QuantizeConfig(
+            bits=spec.bits, group_size=spec.group_size, sym=True, desc_act=False, true_sequential=False
+        )
         model = GPTQModel.load(str(checkpoint), config, dtype=torch.float32)
         samples = [{"input_ids": row.tolist(), "attention_mask": [1] * row.shape[0]} for row in calibration]
         log.info("gptq %s: %d calibration windows of %d tokens", spec.canonical, len(samples), calibration.shape[1])

@@ -14,7 +14,9 @@ from ctpreg.registry.compression import CompressionSpec
 from ctpreg.registry.prompted import decoder_linears
 
 
-def magnitude_mask(weight: torch.Tensor, *, sparsity: float | None = None, n: int | None = None, m: int | None = None) -> torch.Tensor:
+def magnitude_mask(
+    weight: torch.Tensor, *, sparsity: float | None = None, n: int | None = None, m: int | None = None
+) -> torch.Tensor:
     """Boolean keep-mask for one weight matrix [out, in]."""
     magnitude = weight.detach().abs().float()
     if n is not None and m is not None:

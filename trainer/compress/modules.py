@@ -15,7 +15,3 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def sparsity(weight: torch.Tensor) -> float:
     return float((weight == 0).sum()) / weight.numel()
 
-
-def linear_sparsity(layers: dict[str, nn.Linear]) -> float:
-    zeros = sum(int((layer.weight == 0).sum()) for layer in layers.values())
-    return zeros / sum(layer.weight.numel() for layer in layers.values())
