@@ -160,18 +160,20 @@ def test_schema_behind_names_the_upgrade_command(tmp_path, capsys, monkeypatch) 
     assert cli(capsys, "list")[0] == 0
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list", "--json"], ["resolve", "--model", "x", "--bits", "3"]])
-def test_read_commands_never_import_torch(args, cli_env) -> None:
+@pytest.mark.parametrize("args", [["--help"], ["list", "--json"], ["show", "team/p"], ["fetch", "team/p:1"],
+                                  ["resolve", "--model", "tiny-llama", "--method", "gptq", "--bits", "3"]])
+def test_read_commands_never_import_torch(args, cli_env, tmp_path, capsys) -> None:
+    """Each read command runs to success (resolve through the ranking of a registered model) without torch."""
+    assert cli(capsys, "publish", str(write_artifact_file(tmp_path / "p.st")), "--name", "team/p")[0] == 0
     code = (
         "import sys\nfrom ctpreg.cli.main import main\n"
         f"rc = main({args!r})\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'transformers' not in sys.modules\n"
-        "print('rc', rc)\n"
+        "raise SystemExit(rc)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "rc " in proc.stdout
 
 
 def test_offline_cli_fetches_from_cache_and_refuses_registry_commands(cli_env, tmp_path, capsys, monkeypatch) -> None:
