@@ -100,8 +100,8 @@ class CompressionSpec:
         if self.bits not in info.allowed_bits:
             raise InvalidInput(f"{self.method} supports bits {list(info.allowed_bits)}, got {self.bits}")
         group = self.group_size if self.group_size is not None else info.default_group_size
-        if group is None or group <= 0:
-            raise InvalidInput(f"group size must be a positive integer, got {self.group_size}")
+        if group is None or isinstance(group, bool) or not 0 < group <= MAX_GROUP_SIZE:
+            raise InvalidInput(f"group size must be an integer in 1..{MAX_GROUP_SIZE}, got {self.group_size}")
         object.__setattr__(self, "group_size", group)
 
     def _check_nm(self) -> None:
@@ -145,6 +145,7 @@ def _percent(fraction: float | None) -> str:
 
 # Full matches over ASCII digits of bounded length: no trailing newline, no other scripts' digits, no integer that
 # overflows a database column.
+MAX_GROUP_SIZE = 65536  # far beyond any hidden size a group divides; keeps the value within every integer column
 _QUANT_RE = re.compile(r"(?P<method>gptq)-w(?P<bits>[0-9]{1,2})-g(?P<group>[0-9]{1,6})|(?P<fixed>bnb-(?:nf4|fp4|int8))")
 _PRUNE_RE = re.compile(
     r"(?P<method>[a-z]{1,32})-(?:s(?P<pct>[0-9]{1,3}(?:\.[0-9]{1,6})?)|n(?P<n>[0-9]{1,3})m(?P<m>[0-9]{1,3}))"

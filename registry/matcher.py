@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .compression import (
-    FULL_PRECISION_BITS, METHODS, PRUNING, QUANTIZATION, CompressionSpec, method_info, parse_compression,
+    FULL_PRECISION_BITS, MAX_GROUP_SIZE, METHODS, PRUNING, QUANTIZATION, CompressionSpec, method_info,
+    parse_compression,
 )
 from .errors import InvalidInput
 from .records import Evidence, Measurement, PromptRecord
@@ -56,8 +57,12 @@ class Target:
             raise InvalidInput(f"no quantization method supports {self.bits} bits; choose from {_QUANT_BITS}")
         if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
             raise InvalidInput(f"sparsity must lie strictly between 0 and 1, got {self.sparsity}")
-        if self.group_size is not None and self.group_size <= 0:
-            raise InvalidInput(f"group size must be a positive integer, got {self.group_size}")
+        if self.group_size is not None and not 0 < self.group_size <= MAX_GROUP_SIZE:
+            raise InvalidInput(f"group size must be an integer in 1..{MAX_GROUP_SIZE}, got {self.group_size}")
+        for key in ("model", "dataset", "task"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or len(value) > 256 or not value.isprintable()):
+                raise InvalidInput(f"{key} must be at most 256 printable characters")
 
     @classmethod
     def for_spec(cls, model: str, spec: CompressionSpec, **fields: Any) -> Target:

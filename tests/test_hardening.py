@@ -322,3 +322,11 @@ def test_first_use_prints_no_alembic_lines_even_under_an_info_root_logger(cli_en
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **cli_env})
     assert proc.returncode == 0 and "alembic" not in proc.stderr + proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("option", [["--group-size", "99999999999999999999"], ["--dataset", "a\x1bb"],
+                                    ["--bits", "99999999999999999999"], ["--sparsity", "nan"], ["--task", "t" * 300]])
+def test_resolve_options_out_of_range_are_one_line_errors(option, cli_env, tmp_path, capsys) -> None:
+    cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", "team/p")  # a registered model
+    code, _, err = cli(capsys, "resolve", "--model", "tiny-llama", *option)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
