@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .db import crud
 from .db.engine import Database
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt, StoreError
+from .compression import FULL_PRECISION_BITS
 from .identity import LEGACY, SPEC_KINDS
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
@@ -148,6 +149,13 @@ class Registry:
         self, *, model: str | None = None, methods: list[str] | None = None, bits: int | None = None,
         dataset: str | None = None, include_deprecated: bool = True, limit: int | None = None,
     ) -> list[PromptRecord]:
+        if bits is not None and not 1 <= bits <= FULL_PRECISION_BITS:
+            raise InvalidInput(f"bits must be an integer in 1..{FULL_PRECISION_BITS}, got {bits}")
+        for key, value in (("model", model), ("dataset", dataset)):
+            if value is not None and (not isinstance(value, str) or len(value) > 256 or not value.isprintable()):
+                raise InvalidInput(f"{key} must be at most 256 printable characters")
+        if limit is not None and not 0 < limit <= 1_000_000:
+            raise InvalidInput(f"limit must be an integer in 1..1000000, got {limit}")
         with self.db.session() as session:
             return crud.list_prompts(
                 session, model=model, methods=methods, bits=bits, dataset=dataset,

@@ -330,3 +330,9 @@ def test_resolve_options_out_of_range_are_one_line_errors(option, cli_env, tmp_p
     cli(capsys, "publish", str(write_artifact_file(tmp_path / "a.st")), "--name", "team/p")  # a registered model
     code, _, err = cli(capsys, "resolve", "--model", "tiny-llama", *option)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("option", [["--bits", "9223372036854775808"], ["--dataset", "\x00"], ["--model", "m" * 300]])
+def test_list_filters_out_of_range_are_one_line_errors(option, cli_env, capsys) -> None:
+    code, _, err = cli(capsys, "list", *option)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
