@@ -21,7 +21,7 @@ import base64
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,9 +135,7 @@ class VllmPrompt:
         if resolved.metadata.model_fingerprint != self.fingerprint:
             raise Conflict(f"{resolved.record.ref} was trained for another embedding space than the served model's "
                            "(tokenizer or embedding shape differ); it does not apply")
-        prompt = resolved.tensor().to(self.table.dtype)
-        return VllmPrompt(table=self.table, tokenizer=self.tokenizer, prompt=prompt,
-                          add_special_tokens=self.add_special_tokens)
+        return replace(self, prompt=resolved.tensor().to(self.table.dtype))
 
     def token_ids(self, text_or_ids: TextOrIds) -> list[int]:
         if isinstance(text_or_ids, str):

@@ -25,7 +25,7 @@ from .compression import CompressionSpec, parse_compression
 from .digest import sha256_hex
 from .errors import InvalidArtifact, InvalidInput
 from .files import write_output
-from .refs import check_fingerprint, check_model_name
+from .refs import check_fingerprint, check_model_name, check_text
 
 FORMAT = "ctpreg-prompt/1"
 TENSOR_NAME = "prompt_embeddings"
@@ -38,7 +38,6 @@ MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
 # Limits (README, "Prompt artifact"): the DB columns' sizes, and sizes no real prompt comes near.
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
-MAX_TEXT_CHARS = 256
 MAX_VIRTUAL_TOKENS = 65536
 MAX_HIDDEN_SIZE = 65536
 PERPLEXITY_KEYS = ("ppl_full", "ppl_compressed", "ppl_prompted")
@@ -63,9 +62,9 @@ class PromptMetadata:
         and nothing is uploaded that a column would refuse."""
         check_model_name(self.model)
         check_fingerprint(self.model_fingerprint)
-        _check_text(self.dataset, "dataset")
+        check_text(self.dataset, "dataset")
         if self.task is not None:
-            _check_text(self.task, "task")
+            check_text(self.task, "task")
         for key, value, limit in (("num_virtual_tokens", self.num_virtual_tokens, MAX_VIRTUAL_TOKENS),
                                   ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
@@ -116,11 +115,6 @@ class PromptMetadata:
             )
         except InvalidInput as exc:
             raise InvalidArtifact(f"artifact metadata: {exc}") from None
-
-
-def _check_text(value: object, key: str) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_CHARS or not value.isprintable():
-        raise InvalidInput(f"{key} must be 1..{MAX_TEXT_CHARS} printable characters (no control characters)")
 
 
 def _positive_int(strings: Mapping[str, str], key: str) -> int:

@@ -22,6 +22,7 @@ from .compression import (
     parse_compression,
 )
 from .errors import InvalidInput
+from .refs import check_text
 from .records import Evidence, Measurement, PromptRecord
 
 MEASURED, EXACT, SAME_FAMILY, OTHER_FAMILY, REJECTED = 1, 2, 3, 4, 9
@@ -60,9 +61,8 @@ class Target:
         if self.group_size is not None and not 0 < self.group_size <= MAX_GROUP_SIZE:
             raise InvalidInput(f"group size must be an integer in 1..{MAX_GROUP_SIZE}, got {self.group_size}")
         for key in ("model", "dataset", "task"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or len(value) > 256 or not value.isprintable()):
-                raise InvalidInput(f"{key} must be at most 256 printable characters")
+            if getattr(self, key) not in (None, ""):
+                check_text(getattr(self, key), key)
 
     @classmethod
     def for_spec(cls, model: str, spec: CompressionSpec, **fields: Any) -> Target:

@@ -22,11 +22,20 @@ _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _VERSION_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits, and a version that fits every integer column
 LATEST = "latest"
 MAX_NAME_CHARS = 512  # the prompt name column
+MAX_TEXT_CHARS = 256  # the dataset and task columns
 
 
 def _string(value: object, what: str) -> None:
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, not {type(value).__name__}")
+
+
+def check_text(value: object, what: str) -> str:
+    """A free-text field (dataset, task, a model filter): 1..256 printable characters, so every DB column takes it
+    and no terminal or log interprets it."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_CHARS or not value.isprintable():
+        raise InvalidInput(f"{what} must be 1..{MAX_TEXT_CHARS} printable characters (no control characters)")
+    return value
 
 
 def check_name(name: str) -> str:

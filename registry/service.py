@@ -22,7 +22,7 @@ from .identity import LEGACY, SPEC_KINDS
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .recovery import gap_recovered
-from .refs import LATEST, check_alias, check_name, parse_ref
+from .refs import LATEST, check_alias, check_name, check_text, parse_ref
 from .settings import Settings
 from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
 
@@ -152,8 +152,8 @@ class Registry:
         if bits is not None and not 1 <= bits <= FULL_PRECISION_BITS:
             raise InvalidInput(f"bits must be an integer in 1..{FULL_PRECISION_BITS}, got {bits}")
         for key, value in (("model", model), ("dataset", dataset)):
-            if value is not None and (not isinstance(value, str) or len(value) > 256 or not value.isprintable()):
-                raise InvalidInput(f"{key} must be at most 256 printable characters")
+            if value not in (None, ""):
+                check_text(value, key)
         if limit is not None and not 0 < limit <= 1_000_000:
             raise InvalidInput(f"limit must be an integer in 1..1000000, got {limit}")
         with self.db.session() as session:
@@ -219,7 +219,7 @@ class Registry:
             removed.append(item)
         for partial in self.store.partial_uploads(cutoff):
             if not dry_run:
-                self.store.delete_partial(partial)
+                self.store.delete(partial.key)
             removed.append(partial)
         return removed
 

@@ -296,7 +296,7 @@ def test_proxy_command_refuses_bad_options_before_serving(served_dirs, tmp_path,
         assert message in capsys.readouterr().err, args
 
 
-def test_a_copied_checkpoint_is_its_own_target_but_the_same_model(served_dirs, published, tmp_path) -> None:
+def test_the_target_identity_follows_the_files_not_the_folder(served_dirs, published, tmp_path) -> None:
     copy = Path(shutil.copytree(served_dirs["dense"], tmp_path / "copy"))
     assert prepare(copy, client=None).target.identity == prepare(served_dirs["dense"], client=None).target.identity
     config = json.loads((copy / "config.json").read_text())

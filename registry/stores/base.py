@@ -60,9 +60,6 @@ class ObjectStore(abc.ABC):
         object in one request, as S3's single PUT does)."""
         return []
 
-    def delete_partial(self, item: ObjectInfo) -> None:
-        raise NotImplementedError
-
     def touch(self, key: str) -> None:
         """Refresh an object's modification time, so ``gc``'s grace period protects a publish that reuses it."""
         self.put(key, self.get(key))

@@ -67,9 +67,6 @@ class LocalStore(ObjectStore):
                 )
         return found
 
-    def delete_partial(self, item: ObjectInfo) -> None:
-        self.delete(item.key)
-
     def list(self, prefix: str = PROMPT_PREFIX) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/") or ".")
         if not base.exists():
