@@ -8,7 +8,8 @@ Tiers, best first:
 A prompt learned on another base model of the same fingerprint class keeps its tier but ranks after the target
 model's own prompts and says so. Inside a tier, a dataset/task match comes first: a recovery measured on another
 dataset is not comparable. Prompts measured on this target and rejected rank last (tier 9) and are never served.
-Pure functions: no DB, no torch.
+The metadata order (tiers 2-4) is written once in ``registry.rank_rules``, which the SQL path compiles; this module
+adds evidence (tiers 1 and 9) and the explanations. Pure functions: no DB, no torch.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import rank_rules
 from .compression import (
     FULL_PRECISION_BITS, MAX_GROUP_SIZE, METHODS, PRUNING, QUANTIZATION, CompressionSpec, method_info,
     parse_compression,
 )
 from .errors import InvalidInput
+from .rank_rules import EXACT, MEASURED, OTHER_FAMILY, REJECTED, SAME_FAMILY, PythonOps, Shape
 from .refs import check_text
 from .records import Evidence, Measurement, PromptRecord
 
-MEASURED, EXACT, SAME_FAMILY, OTHER_FAMILY, REJECTED = 1, 2, 3, 4, 9
+__all__ = [
+    "EXACT", "MEASURED", "OTHER_FAMILY", "REJECTED", "SAME_FAMILY", "Candidate", "Target", "rank",
+]
 _QUANT_BITS = sorted({b for info in METHODS.values() for b in (*info.allowed_bits, info.fixed_bits) if b})
 
 
@@ -110,19 +115,22 @@ class Target:
         parts.append(f"sparsity={self.sparsity:g}" if self.sparsity else "")
         return " ".join([self.model, *filter(None, parts)]) if any(parts) else f"{self.model} (any compression)"
 
-    def matches_exactly(self, spec: CompressionSpec) -> bool:
-        family = self.family
-        if family is None:
-            return True
-        if self.method is not None and spec.method != self.method:
-            return False
-        if family == QUANTIZATION and (spec.family != QUANTIZATION or (self.bits and spec.bits != self.bits)):
-            return False
-        if self.group_size is not None and spec.group_size != self.group_size:
-            return False
-        if self.sparsity is not None:
-            return spec.sparsity is not None and abs(spec.sparsity - self.sparsity) < 1e-9
-        return family == PRUNING or spec.sparsity is None
+    @property
+    def shape(self) -> Shape:
+        """Which fields are set: the structure of the ranking rules (``registry.rank_rules``) for this target."""
+        return Shape(
+            family=self.family, method=self.method is not None, bits=bool(self.bits),
+            group_size=self.group_size is not None, sparsity=self.sparsity is not None, dataset=bool(self.dataset),
+            task=bool(self.task), severity=self.severity is not None,
+        )
+
+    @property
+    def rank_params(self) -> dict[str, Any]:
+        """The values the ranking rules compare prompts with."""
+        return {
+            "method": self.method, "bits": self.bits, "group_size": self.group_size, "sparsity": self.sparsity,
+            "dataset": self.dataset, "task": self.task, "severity": self.severity, "model": self.model,
+        }
 
 
 @dataclass(frozen=True)
@@ -172,12 +180,12 @@ def rank(target: Target, prompts: Iterable[PromptRecord], evidence: Iterable[Evi
 
 
 def _place(target: Target, prompt: PromptRecord, evidence: Evidence | None) -> Candidate:
-    spec = prompt.spec
+    spec, shape, recovery = prompt.spec, target.shape, prompt.recovery
+    ops = PythonOps.for_spec(
+        spec, target.rank_params, model=prompt.model, dataset=prompt.dataset, task=prompt.task, recovery=recovery,
+        version=prompt.version, name=prompt.name,
+    )
     other_model = prompt.model != target.model
-    dataset_miss = bool(target.dataset) and prompt.dataset != target.dataset
-    task_miss = bool(target.task) and prompt.task != target.task
-    recovery = prompt.recovery
-    no_recovery = -recovery if recovery is not None else float("inf")
     if evidence is not None:
         m = evidence.measurement
         tier = MEASURED if evidence.accepted else REJECTED
@@ -186,33 +194,31 @@ def _place(target: Target, prompt: PromptRecord, evidence: Evidence | None) -> C
             f"measured on this target: ppl {m.ppl_without:.2f} -> {m.ppl_with:.2f} "
             f"({-m.relative_gain:+.1%}) on {m.describe_data()}, {verdict}"
         )
-        key: tuple[Any, ...] = (-m.relative_gain,)
-    elif target.matches_exactly(spec):
-        tier, key = EXACT, (no_recovery,)
-        shown = f"{recovery:.0%} of the gap" if recovery is not None else "no recorded recovery"
-        reason = f"exact match {spec.canonical}; recovered {shown} on {prompt.dataset}"
+        sort_key = (tier, *rank_rules.preferences(shape, ops), -m.relative_gain, *rank_rules.by_recovery(ops))
     else:
-        tier, key, reason = _by_severity(target, spec)
+        sort_key = tuple(rank_rules.order(shape, ops))
+        tier = sort_key[0]
+        reason = _explain(tier, target, spec, recovery, prompt.dataset)
     if other_model:
         reason += f"; learned on {prompt.model} (same tokenizer and hidden size): validate before use"
-    if dataset_miss and tier != MEASURED:
+    if target.dataset and prompt.dataset != target.dataset and tier != MEASURED:
         reason += f"; trained on {prompt.dataset}, not {target.dataset}"
-    sort_key = (tier, other_model, dataset_miss, task_miss, *key, no_recovery, -prompt.version, prompt.name)
     return Candidate(
         prompt=prompt, tier=tier, explanation=reason, other_model=other_model,
         measurement=evidence.measurement if evidence else None, sort_key=sort_key,
     )
 
 
-def _by_severity(target: Target, spec: CompressionSpec) -> tuple[int, tuple[Any, ...], str]:
+def _explain(tier: int, target: Target, spec: CompressionSpec, recovery: float | None, dataset: str) -> str:
+    """The one-line reason for a placement without evidence (the order itself is ``rank_rules.order``)."""
+    if tier == EXACT:
+        shown = f"{recovery:.0%} of the gap" if recovery is not None else "no recorded recovery"
+        return f"exact match {spec.canonical}; recovered {shown} on {dataset}"
     wanted = target.severity
     level = f"{spec.canonical} ({spec.severity:g} bits/weight"
     if wanted is None:
-        return SAME_FAMILY if spec.family == target.family else OTHER_FAMILY, (0, 0.0), f"{level}) for a partial target"
-    distance = abs(spec.severity - wanted)
-    if spec.family == target.family:
-        harsher = spec.severity <= wanted
-        direction = "equal or harsher, transfers down well" if harsher else "milder"
-        reason = f"same family at {level} vs {wanted:g}: {direction})"
-        return SAME_FAMILY, (0 if harsher else 1, distance), reason
-    return OTHER_FAMILY, (distance,), f"other family {level} vs {wanted:g})"
+        return f"{level}) for a partial target"
+    if tier == SAME_FAMILY:
+        direction = "equal or harsher, transfers down well" if spec.severity <= wanted else "milder"
+        return f"same family at {level} vs {wanted:g}: {direction})"
+    return f"other family {level} vs {wanted:g})"
