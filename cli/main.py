@@ -22,13 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     except CtpregError as exc:
         if os.environ.get("CTPREG_DEBUG"):
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # files the user named: missing folders, permissions, full disks
         if os.environ.get("CTPREG_DEBUG"):
             traceback.print_exc()
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"error: {_one_line(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         return 1
     except typer.Abort:
         print("aborted", file=sys.stderr)
@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     return result if isinstance(result, int) else 0
+
+
+def _one_line(message: str) -> str:
+    """Errors are one line: control characters a user typed (a newline in a path) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def run() -> None:

@@ -81,3 +81,77 @@ def test_fetch_output_paths(home, capsys, path: str) -> None:
 def test_gc_grace_and_alias_names(home, capsys, grace: str, alias: str) -> None:
     run(capsys, ["gc", "--dry-run", "--grace", grace])
     run(capsys, ["alias", "set", "team/p:1", alias])
+
+
+# The trainer commands: every option is checked before any data or model is loaded (the model named here does not
+# exist, so a command that accepted every value stops at the model with a one-line error; nothing trains).
+TRAIN = ["train", "--model", "no-such-model", "--method", "gptq", "--bits", "3", "-o", "p.safetensors", "--dataset",
+         "corpus.txt"]
+COMPRESS = ["compress", "--model", "no-such-model", "--method", "sparsegpt", "--sparsity", "0.5"]
+EVAL = ["eval", "--model", "no-such-model", "--method", "none"]
+TRAINER_NUMBERS = {
+    "train": ["--bits", "--group-size", "--sparsity", "--num-tokens", "--steps", "--lr", "--seq-len", "--batch-size",
+              "--eval-every", "--eval-windows", "--seed", "--calibration-windows"],
+    "compress": ["--group-size", "--calibration-windows"],
+    "eval": ["--max-windows", "--seq-len", "--calibration-windows"],
+}
+TRAINER_TEXTS = {
+    "train": ["--method", "--nm", "--dataset", "--calibration", "--device", "--model-path", "--name", "-o"],
+    "compress": ["--method", "--nm", "--calibration", "--device", "--format", "--save"],
+    "eval": ["--method", "--prompt", "--dataset", "--text-file", "--tasks", "--device"],
+}
+COMMANDS = {"train": TRAIN, "compress": COMPRESS, "eval": EVAL}
+VALID_DEVICES = {"auto", "cpu"}  # the only ones that would load a model on this machine
+
+
+def run_trainer(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """Like ``run``, but the trainer may log (``loading ...``) before its one error line, which comes last."""
+    code = main(args)
+    _, err = capsys.readouterr()
+    assert code in ALLOWED and code != 0, (args, code, err)
+    if code != 2 or "Usage:" not in err:
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1, (args, err)
+    return err
+
+
+@pytest.fixture
+def trainer_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    pytest.importorskip("torch")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a --model-path that names no folder is tried as a hub id
+    (home / "corpus.txt").write_text("A small corpus. " * 200)  # what train reads before it loads the model
+    return home
+
+
+@EXAMPLES
+@given(command=st.sampled_from(sorted(COMMANDS)), data=st.data())
+def test_trainer_numeric_options(trainer_home, capsys, command: str, data) -> None:
+    option = data.draw(st.sampled_from(TRAINER_NUMBERS[command]))
+    run_trainer(capsys, [*COMMANDS[command], option, data.draw(numbers)])
+
+
+@EXAMPLES
+@given(command=st.sampled_from(sorted(COMMANDS)), data=st.data())
+def test_trainer_text_options(trainer_home, capsys, command: str, data) -> None:
+    option = data.draw(st.sampled_from(TRAINER_TEXTS[command]))
+    value = data.draw(st.one_of(texts, st.sampled_from(["/dev/null", "/", ".", "/proc/self/mem", "\x00x", "cuda:9"])))
+    if option == "--device" and value in VALID_DEVICES:
+        value = "cuda:7"
+    extra = ["--save", "out"] if option == "--format" else []
+    run_trainer(capsys, [*COMMANDS[command], *extra, option, value])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "lr must lie in (0, 1)"),
+    (["--lr", "inf"], "lr must lie in (0, 1)"),
+    (["--bits", "5"], "gptq supports bits"),
+    (["-o", "/dev/null"], "not a regular file"),
+    (["-o", "."], "empty"),
+    (["--publish", "--name", "bad name!"], "name"),
+    (["--device", "tpu"], "device must be auto, cpu or cuda[:N]"),
+])
+def test_train_refuses_bad_values_before_loading_anything(trainer_home, capsys, args: list[str], message: str) -> None:
+    real_model = ["--model", "smollm2-135m"]  # a real model: only the option can be what is refused
+    err = run_trainer(capsys, [*TRAIN[:1], *real_model, *TRAIN[3:], *args])
+    assert message in err and "loading" not in err, err
+    assert not Path("p.safetensors").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ctpreg.registry.errors import InvalidInput
 from ctpreg.registry.fingerprint import embedding_fingerprint
 
 from .catalog import ModelSource
@@ -44,8 +46,17 @@ class LoadedModel:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``; asking for a GPU that is not there is an error, not a
+    silent fallback to the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = re.fullmatch(r"cpu|cuda(?::([0-9]{1,2}))?", device)
+    if match is None:
+        raise InvalidInput(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device != "cpu":
+        index = int(match[1] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise InvalidInput(f"{device} is not available here ({torch.cuda.device_count()} CUDA devices)")
     return torch.device(device)
 
 
@@ -82,10 +93,14 @@ def load_model(source: ModelSource, *, device: str = "auto", dtype: torch.dtype 
     if target.type == "cuda":
         kwargs["device_map"] = "auto"
     log.info("loading %s", source.describe())
-    tokenizer = AutoTokenizer.from_pretrained(
-        source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {})
-    )
-    model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {})
+        )
+        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError) as exc:  # no such folder or hub id, not a model, a malformed id
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"cannot load {source.describe()}: {reason}") from exc
     if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
         # transformers dequantizes GGUF into plain Linear layers but keeps the GGUF quantizer tag, which makes
         # save_pretrained refuse; the weights are ordinary tensors, so drop the tag.

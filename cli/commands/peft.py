@@ -8,12 +8,13 @@ from typing import Annotated
 
 import typer
 
-from ctpreg.registry.compression import build_spec
+from ctpreg.registry.compression import CompressionSpec
 from ctpreg.registry.errors import NotFound
 
-from ..options import BitsOption, GroupSizeOption, JsonFlag, RefArgument, SparsityOption
+from ..options import JsonFlag, RefArgument
 from ..output import emit_json, info
 from ..state import state
+from .trainer_options import compression_options
 
 PeftDir = Annotated[
     Path, typer.Option("--peft", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors).")
@@ -31,23 +32,23 @@ def export(ctx: typer.Context, ref: RefArgument, peft: PeftDir) -> None:
     info(f"exported {prompt.record.ref} to {peft}")
 
 
+@compression_options(calibrated=False)
 def import_(
     ctx: typer.Context,
     peft: PeftDir,
     model: Annotated[str, typer.Option("--model", "-m", help="Registered base model the adapter was trained on.")],
-    method: Annotated[str, typer.Option(help="Compression the prompt was learned on (none if uncompressed).")],
+    spec: CompressionSpec,
     dataset: Annotated[str, typer.Option(help="Dataset the prompt was learned on.")],
-    bits: BitsOption = None,
-    group_size: GroupSizeOption = None,
-    sparsity: SparsityOption = None,
     name: Annotated[str | None, typer.Option(help="Prompt name; default <model>/<compression>/<dataset>.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Publish a PEFT prompt-tuning adapter as a ctpreg prompt (the model must be registered)."""
+    """Publish a PEFT prompt-tuning adapter as a ctpreg prompt (the model must be registered).
+
+    --method and its levels name the compression the prompt was learned on (none if uncompressed).
+    """
     from ctpreg.registry.artifacts import write_artifact
     from ctpreg.registry.peft_format import import_peft
 
-    spec = build_spec(method, bits=bits, group_size=group_size, sparsity=sparsity)
     registry = state(ctx).registry
     record = registry.get_model(model)
     if record is None:

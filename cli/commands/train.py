@@ -7,22 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ctpreg.registry.compression import build_spec
 from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.files import check_output
+from ctpreg.registry.refs import check_name
 
-from ..options import BitsOption, GroupSizeOption, JsonFlag, SparsityOption
+from ..options import JsonFlag
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
 from ..state import state
-from .trainer_options import (
-    CalibrationOption, CalibrationWindowsOption, DeviceOption, MethodArg, ModelArg, ModelPathOption, NmOption,
-)
-
-
-def _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows):  # type: ignore[no-untyped-def]
-    from ctpreg.trainer.compress import CompressConfig
-
-    spec = build_spec(method, bits=bits, group_size=group_size, sparsity=sparsity, nm=nm)
-    return CompressConfig(spec=spec, calibration=calibration, calibration_windows=calibration_windows)
+from .trainer_options import CompressionRequest, DeviceOption, ModelArg, ModelPathOption, compression_options
 
 
 def _trainer():  # type: ignore[no-untyped-def]
@@ -34,16 +26,11 @@ def _trainer():  # type: ignore[no-untyped-def]
     return pipeline
 
 
+@compression_options(calibrated=True)
 def compress(
     ctx: typer.Context,
     model: ModelArg,
-    method: MethodArg,
-    bits: BitsOption = None,
-    group_size: GroupSizeOption = None,
-    sparsity: SparsityOption = None,
-    nm: NmOption = None,
-    calibration: CalibrationOption = "wiki",
-    calibration_windows: CalibrationWindowsOption = 32,
+    compression: CompressionRequest,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
     save: Annotated[Path | None, typer.Option(
@@ -67,7 +54,7 @@ def compress(
         raise InvalidInput("--format must be native or hf")
     if save is None and save_format != "native":
         raise InvalidInput("--format chooses --save's layout; add --save DIR")
-    config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
+    config = compression.config()
     show_logs()
     with stdout_to_stderr():
         pipeline = _trainer()
@@ -92,15 +79,12 @@ def compress(
             info(f"checkpoint written to {saved}")
 
 
+@compression_options(calibrated=True)
 def train(
     ctx: typer.Context,
     model: ModelArg,
-    method: MethodArg,
+    compression: CompressionRequest,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the prompt artifact (.safetensors).")],
-    bits: BitsOption = None,
-    group_size: GroupSizeOption = None,
-    sparsity: SparsityOption = None,
-    nm: NmOption = None,
     dataset: Annotated[str, typer.Option(
         help="Training corpus: wiki, news, wikitext2, c4, ptb or a .txt/.jsonl file.",
     )] = "wiki",
@@ -112,8 +96,6 @@ def train(
     eval_every: Annotated[int, typer.Option(min=1, help="Validate every K steps; the best prompt is kept.")] = 25,
     eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows for the reported perplexities.")] = 40,
     seed: Annotated[int, typer.Option(help="Prompt init and batch order.")] = 0,
-    calibration: CalibrationOption = "wiki",
-    calibration_windows: CalibrationWindowsOption = 32,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt if present.")] = False,
@@ -125,7 +107,10 @@ def train(
 
     Example: ctpreg train --model smollm2-135m --method gptq --bits 3 --dataset wiki --steps 100 -o p.safetensors
     """
-    compress_config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
+    compress_config = compression.config()
+    check_output(out)  # everything a user typed is checked before minutes of training
+    if publish and name is not None:
+        check_name(name)
     show_logs()
     with stdout_to_stderr():
         pipeline = _trainer()
@@ -136,9 +121,10 @@ def train(
             num_tokens=num_tokens, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed
         )
         data_config = pipeline.DataConfig(dataset=dataset, seq_len=seq_len, eval_windows=eval_windows)
-        corpus = pipeline.load_corpus(dataset)  # fail on a bad dataset before loading any model
+        source = pipeline.locate(model, model_path)
+        corpus = pipeline.load_corpus(dataset)
         init_from_env()
-        loaded = pipeline.load_base(model, model_path=model_path, device=device)
+        loaded = pipeline.load_model(source, device=device)
         trained = pipeline.train_prompt_artifact(
             loaded, compress_config, data_config, train_config, corpus=corpus, out=out,
             home=state(ctx).settings.home, resume=resume,
@@ -169,14 +155,11 @@ def train(
     info(f"wrote {out} (sha256 {trained.sha256[:12]})" + (f"; published {published.prompt.ref}" if published else ""))
 
 
+@compression_options(calibrated=True)
 def evaluate(
     ctx: typer.Context,
     model: ModelArg,
-    method: MethodArg,
-    bits: BitsOption = None,
-    group_size: GroupSizeOption = None,
-    sparsity: SparsityOption = None,
-    nm: NmOption = None,
+    compression: CompressionRequest,
     prompt: Annotated[str | None, typer.Option(help="A prompt artifact path or a registry REF.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Evaluate on this corpus' validation split.")] = None,
     text_file: Annotated[Path | None, typer.Option(
@@ -185,14 +168,12 @@ def evaluate(
     max_windows: Annotated[int, typer.Option("--max-windows", min=1, help="At most this many windows.")] = 40,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
     tasks: Annotated[Path | None, typer.Option(help="JSONL multiple-choice tasks: question, choices, answer.")] = None,
-    calibration: CalibrationOption = "wiki",
-    calibration_windows: CalibrationWindowsOption = 32,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Perplexity of the full, compressed and prompted model on the same windows (scored tokens only)."""
-    compress_config = _compress_config(method, bits, group_size, sparsity, nm, calibration, calibration_windows)
+    compress_config = compression.config()
     show_logs()
     with stdout_to_stderr():
         pipeline = _trainer()
