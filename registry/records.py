@@ -112,7 +112,8 @@ class Measurement:
     """A validator's verdict on one prompt applied to one target, with what it was measured on.
 
     ``target_key`` and ``eval_data`` identify the model and the windows (``registry.identity``): measurements are
-    comparable, and reusable as evidence, only when both match.
+    comparable, and reusable as evidence, only when both match. ``ppl_full`` is the uncompressed model on the same
+    windows, when the validator had it (reports draw it as the reference).
     """
 
     ppl_without: float
@@ -122,6 +123,7 @@ class Measurement:
     target_key: str = LEGACY
     eval_data: EvalData | None = None
     target_source: str | None = None
+    ppl_full: float | None = None
 
     @property
     def relative_gain(self) -> float:

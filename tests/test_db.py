@@ -132,3 +132,30 @@ def test_upgrade_to_0003_keeps_old_evidence_labelled_legacy(empty_db_url: str) -
         assert conn.execute(text("SELECT ppl_with FROM transfer_result")).scalars().all() == [30.0]
     upgrade(db.engine)
     db.dispose()
+
+
+def test_upgrade_to_0004_keeps_evidence_without_a_full_figure(empty_db_url: str) -> None:
+    from ctpreg.registry.service import Registry
+    from ctpreg.registry.stores.local import LocalStore
+
+    db = Database(empty_db_url)
+    upgrade(db.engine, "0003_evidence_identity")
+    with db.engine.begin() as conn:
+        _insert_old_rows(conn, ["{}"])
+        conn.execute(text(
+            "INSERT INTO transfer_result (prompt_id, target_model_id, target_compression, eval_dataset, eval_tokens,"
+            " ppl_without, ppl_with, relative_gain, accepted, measured_at, target_key, eval_key)"
+            " VALUES (1, 1, 'gptq-w4-g128', 'news/validation', 5000, 40.0, 30.0, 0.25, true, :now, 'legacy',"
+            " 'legacy:news/validation')"
+        ), {"now": OLD_ROW_TIME})
+    upgrade(db.engine)
+    registry = Registry(Database(empty_db_url), LocalStore(Path("/nonexistent-store")))
+    [old] = registry.evidence("m")
+    assert old.measurement.ppl_with == 30.0 and old.measurement.ppl_full is None
+    registry.db.dispose()
+    downgrade(db.engine, "0003_evidence_identity")
+    with db.engine.connect() as conn:
+        assert "ppl_full" not in conn.execute(text("SELECT * FROM transfer_result")).keys()
+        assert conn.execute(text("SELECT ppl_with FROM transfer_result")).scalars().all() == [30.0]
+    upgrade(db.engine)
+    db.dispose()

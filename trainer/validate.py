@@ -81,6 +81,10 @@ class _PerplexityValidator(abc.ABC):
     @abc.abstractmethod
     def _check(self, artifact: PromptArtifact, target: Target) -> None: ...
 
+    def _full_perplexity(self, target: Target) -> float | None:
+        """The uncompressed model on the same windows, where this validator has it (recorded for reports)."""
+        return None
+
     def eval_set(self, target: Target) -> EvalSet:
         if self._eval is None:
             cfg = self.config
@@ -110,6 +114,7 @@ class _PerplexityValidator(abc.ABC):
         return Measurement(
             ppl_without=self._current.ppl, ppl_with=with_prompt.ppl, eval_dataset=evaluation.data.label,
             eval_tokens=with_prompt.tokens, target_key=key, eval_data=evaluation.data, target_source=source,
+            ppl_full=self._full_perplexity(target),
         )
 
 
@@ -133,6 +138,9 @@ class TargetValidator(_PerplexityValidator):
             windows = self.eval_set(target).windows
             self._full[model_name] = perplexity(self._base(model_name).model, windows, label="validate full").ppl
         return self._full[model_name]
+
+    def _full_perplexity(self, target: Target) -> float | None:
+        return self.full_perplexity(target.model)
 
     def _compress_config(self, target: Target) -> CompressConfig:
         spec = target.spec

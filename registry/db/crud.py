@@ -321,7 +321,7 @@ def add_evidence(
         TransferResultRow(
             prompt_id=prompt_id, target_model_id=target.id, target_compression=target_compression,
             eval_dataset=measurement.eval_dataset, eval_tokens=measurement.eval_tokens,
-            ppl_without=measurement.ppl_without, ppl_with=measurement.ppl_with,
+            ppl_without=measurement.ppl_without, ppl_with=measurement.ppl_with, ppl_full=measurement.ppl_full,
             relative_gain=measurement.relative_gain, accepted=accepted, target_key=measurement.target_key,
             target_source=measurement.target_source, eval_key=measurement.eval_key,
             eval_data=measurement.eval_data.to_dict() if measurement.eval_data else None,
@@ -370,6 +370,7 @@ def evidence_for(
             measurement=Measurement(
                 row.ppl_without, row.ppl_with, row.eval_dataset, row.eval_tokens, target_key=row.target_key,
                 eval_data=EvalData.from_dict(row.eval_data) if row.eval_data else None, target_source=row.target_source,
+                ppl_full=row.ppl_full,
             ),
             accepted=row.accepted, measured_at=row.measured_at, prompt_ref=f"{row.prompt_name}:{row.version}",
         )

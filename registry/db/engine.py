@@ -20,7 +20,7 @@ from sqlmodel import Session
 from ..errors import CtpregError, DatabaseError, InvalidInput, SchemaOutOfDate
 
 #: The Alembic revision this code expects; a test checks it equals the migrations' head.
-SCHEMA_REVISION = "0003_evidence_identity"
+SCHEMA_REVISION = "0004_evidence_full_perplexity"
 _WRITE = "ctpreg_write"
 
 

@@ -99,6 +99,7 @@ class TransferResultRow(SQLModel, table=True):
     eval_tokens: int
     ppl_without: float
     ppl_with: float
+    ppl_full: float | None = None
     relative_gain: float
     accepted: bool
     measured_at: datetime = _timestamp()
