@@ -55,6 +55,13 @@ def test_demo_with_a_small_budget(env: Path, capsys) -> None:
     for row in rows.values():
         assert all(math.isfinite(row[k]) for k in ("ppl_full", "ppl_compressed", "ppl_prompted"))
     assert rows["gptq-w3-g128"]["ppl_compressed"] > rows["gptq-w4-g128"]["ppl_compressed"]
+    points = {p["target"]: p for p in run_json(capsys, "report", "--model", "smollm2-135m")}
+    assert set(points) == set(rows), "the trained target and every validated one"
+    for target, point in points.items():  # the demo's table and the report show the same measurements
+        assert point["ppl_full"] == pytest.approx(rows[target]["ppl_full"]), "the validator recorded the full model"
+        assert point["ppl_compressed"] == pytest.approx(rows[target]["ppl_compressed"])
+        assert point["eval_windows"] == points["gptq-w3-g128"]["eval_windows"]
+    assert points["gptq-w3-g128"]["source"] == "artifact" and points["gptq-w4-g128"]["source"] == "evidence"
 
 
 def test_saved_gptq_checkpoint_validated_as_it_is_and_attached(env: Path, tmp_path: Path, capsys) -> None:

@@ -66,58 +66,6 @@ def test_demo_runs_end_to_end_and_reuses_its_work(model_dir, tmp_path, capsys, c
     assert all(r["note"] != "validated, served" for r in second["rows"][1:])
 
 
-def test_report_chart_and_table_match_the_evidence(tmp_path, capsys, cli_env) -> None:
-    from PIL import Image
-
-    from ctpreg.registry import EvalData, Registry, Settings
-    from ctpreg.registry.matcher import Target
-    from ctpreg.registry.records import Measurement
-    from helpers import artifact_bytes
-
-    registry = Registry.from_settings(Settings.from_env())
-    prompts = [
-        registry.publish_bytes(artifact_bytes(seed=i, compression="gptq-w3-g128"), name=f"p{i}").prompt
-        for i in range(2)
-    ]
-    measured = {
-        ("gptq", 4, None): [(30.0, 25.0), (30.0, 27.0)],
-        ("gptq", 2, None): [(300.0, 120.0), (300.0, 100.0)],
-        ("sparsegpt", None, 0.5): [(60.0, 45.0), (60.0, 61.0)],
-    }
-    for (method, bits, sparsity), pairs in measured.items():
-        target = Target(model="tiny-llama", method=method, bits=bits, sparsity=sparsity)
-        for prompt, (without, with_) in zip(prompts, pairs):
-            registry.record_evidence(
-                target, prompt, Measurement(without, with_, "wiki/validation", 5000), accepted=with_ < without
-            )
-    windows = EvalData(corpus="news", split="validation", seq_len=256, windows=20, token_digest="ab" * 32)
-    target = Target(model="tiny-llama", method="gptq", bits=4)
-    on_news = Measurement(31.0, 29.0, windows.label, 5100, target_key="compressed:" + "cd" * 32, eval_data=windows)
-    registry.record_evidence(target, prompts[1], on_news, accepted=True)
-    points = run_json(capsys, "report", "--model", "tiny-llama")
-    assert [(p["target"], p["ppl_without"], p["ppl_with"], p["best_prompt"]) for p in points] == [
-        ("gptq-w4-g128", 31.0, 29.0, "p1:1"),
-        ("gptq-w2-g128", 300.0, 100.0, "p1:1"), ("gptq-w4-g128", 30.0, 25.0, "p0:1"),
-        ("sparsegpt-s50", 60.0, 45.0, "p0:1"),
-    ], "figures on other windows form their own series, never the best of a mixed group"
-    assert points[0]["eval_windows"] == "news/validation, 20x256 tokens (ids abababababab)"
-    chart = tmp_path / "chart.png"
-    assert main(["report", "--model", "tiny-llama", "-o", str(chart)]) == 0
-    image = Image.open(chart)
-    assert image.format == "PNG" and image.size[0] > 400
-    assert json.loads(image.text["Description"]) == points
-    capsys.readouterr()
-    assert main(["report", "--model", "tiny-llama", "--format", "md"]) == 0
-    table = capsys.readouterr().out
-    assert "| gptq-w2-g128 | legacy | 2 | 300.00 | 100.00 | -66.7% | p1:1 | yes |" in table
-    legacy, news = table.index("Measured on wiki/validation (windows not recorded):"), table.index("Measured on news/")
-    assert (
-        news < table.index("| gptq-w4-g128 | compressed:cdcdcdcdcdcd | 4 | 31.00 |")
-        < legacy < table.index("| gptq-w2-g128 |")
-    )
-    assert main(["report", "--model", "unknown"]) == 5
-
-
 def test_generate_with_and_without_the_resolved_prompt(model_dir, tmp_path, capsys, cli_env) -> None:
     corpus = str(text_file(tmp_path))
     common = ["--model-path", str(model_dir), "--device", "cpu"]
