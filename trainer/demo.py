@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ctpreg.registry.artifacts import read_artifact
-from ctpreg.registry.recovery import gap_recovered
+from ctpreg.registry.recovery import collapsed, gap_recovered, log_gap_recovered
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.errors import InvalidArtifact, InvalidInput, NoHelpfulPrompt
 from ctpreg.registry.matcher import Target
@@ -66,8 +66,17 @@ class DemoRow:
     note: str
     seconds: float
 
+    @property
+    def collapsed(self) -> bool:
+        return collapsed(self.ppl_full, self.ppl_compressed)
+
+    @property
+    def log_gap_recovered(self) -> float | None:
+        values = {"ppl_full": self.ppl_full, "ppl_compressed": self.ppl_compressed, "ppl_prompted": self.ppl_prompted}
+        return log_gap_recovered(values)
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "log_gap_recovered": self.log_gap_recovered, "collapsed": self.collapsed}
 
 
 @dataclass

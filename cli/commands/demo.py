@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..options import JsonFlag
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
 from ..state import state
+
+if TYPE_CHECKING:
+    from ctpreg.trainer.demo import DemoRow
 
 
 def demo(
@@ -60,14 +63,24 @@ def demo(
                f"(ids {data['token_digest'][:12]})")
     table(
         f"{model}: prompt trained on {train_compression}/{dataset}; every row measured on {windows}{full_note}",
-        ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered", "served prompt", "how", "seconds"],
+        ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered (ppl)", "(log-ppl)", "served prompt",
+         "how", "seconds"],
         [
             (r.target, f"{r.ppl_full:.2f}", f"{r.ppl_compressed:.2f}",
-             f"{r.ppl_prompted:.2f}" if r.ppl_prompted is not None else "",
-             f"{r.gap_recovered:.0%}" if r.gap_recovered is not None else "n/a", r.served or "none", r.note,
+             f"{r.ppl_prompted:.2f}" if r.ppl_prompted is not None else "", *_gaps(r), r.served or "none", r.note,
              f"{r.seconds:.0f}")
             for r in report.rows
         ],
     )
     info(f"demo finished in {report.total_seconds:.0f}s ({report.step_seconds:.2f}s per training step)"
          + ("; reused the trained prompt" if report.reused_prompt else ""))
+
+
+
+def _gaps(row: DemoRow) -> tuple[str, str]:
+    """Gap recovered in both spaces; none is quoted for a collapsed target (``registry.recovery``)."""
+    if row.collapsed:
+        return "collapsed", "collapsed"
+    return tuple(  # type: ignore[return-value]
+        f"{value:.0%}" if value is not None else "n/a" for value in (row.gap_recovered, row.log_gap_recovered)
+    )
