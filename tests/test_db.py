@@ -84,6 +84,17 @@ def _insert_old_rows(conn, metrics: list[str]) -> None:
         ), {"v": i + 1, "sha": f"{i:064x}", "metrics": values, "now": OLD_ROW_TIME})
 
 
+def _insert_old_evidence(conn, **identity: str) -> None:
+    """One evidence row (gptq-w4-g128, 40 -> 30) for prompt 1, with the identity columns the revision has."""
+    columns = "".join(f", {name}" for name in identity)
+    values = "".join(f", :{name}" for name in identity)
+    conn.execute(text(
+        "INSERT INTO transfer_result (prompt_id, target_model_id, target_compression, eval_dataset, eval_tokens,"
+        f" ppl_without, ppl_with, relative_gain, accepted, measured_at{columns})"
+        f" VALUES (1, 1, 'gptq-w4-g128', 'news/validation', 5000, 40.0, 30.0, 0.25, true, :now{values})"
+    ), {"now": OLD_ROW_TIME, **identity})
+
+
 def test_upgrade_to_0002_fills_recovery_from_metrics(empty_db_url: str) -> None:
     db = Database(empty_db_url)
     upgrade(db.engine, "0001_initial")
@@ -107,11 +118,7 @@ def test_upgrade_to_0003_keeps_old_evidence_labelled_legacy(empty_db_url: str) -
     upgrade(db.engine, "0002_prompt_recovery")
     with db.engine.begin() as conn:
         _insert_old_rows(conn, ["{}"])
-        conn.execute(text(
-            "INSERT INTO transfer_result (prompt_id, target_model_id, target_compression, eval_dataset, eval_tokens,"
-            " ppl_without, ppl_with, relative_gain, accepted, measured_at)"
-            " VALUES (1, 1, 'gptq-w4-g128', 'news/validation', 5000, 40.0, 30.0, 0.25, true, :now)"
-        ), {"now": OLD_ROW_TIME})
+        _insert_old_evidence(conn)
     upgrade(db.engine)
     with db.engine.connect() as conn:
         row = conn.execute(text("SELECT target_key, eval_key, ppl_with FROM transfer_result")).one()
@@ -142,12 +149,7 @@ def test_upgrade_to_0004_keeps_evidence_without_a_full_figure(empty_db_url: str)
     upgrade(db.engine, "0003_evidence_identity")
     with db.engine.begin() as conn:
         _insert_old_rows(conn, ["{}"])
-        conn.execute(text(
-            "INSERT INTO transfer_result (prompt_id, target_model_id, target_compression, eval_dataset, eval_tokens,"
-            " ppl_without, ppl_with, relative_gain, accepted, measured_at, target_key, eval_key)"
-            " VALUES (1, 1, 'gptq-w4-g128', 'news/validation', 5000, 40.0, 30.0, 0.25, true, :now, 'legacy',"
-            " 'legacy:news/validation')"
-        ), {"now": OLD_ROW_TIME})
+        _insert_old_evidence(conn, target_key="legacy", eval_key="legacy:news/validation")
     upgrade(db.engine)
     registry = Registry(Database(empty_db_url), LocalStore(Path("/nonexistent-store")))
     [old] = registry.evidence("m")
