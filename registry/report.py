@@ -14,6 +14,7 @@ A collapsed target (``registry.recovery.collapsed``) is flagged, and its gap rec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -50,6 +51,9 @@ class ReportPoint:
 
     @property
     def collapsed(self) -> bool:
+        """Beyond the collapse ratio, or not even a finite perplexity."""
+        if not math.isfinite(self.ppl_compressed):
+            return True
         return self.ppl_full is not None and collapsed(self.ppl_full, self.ppl_compressed)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import textwrap
 from typing import Any
 
@@ -60,8 +61,9 @@ def _y_range(points: list[ReportPoint]) -> tuple[float, float]:
     """The range where the differences are: every figure of the windows except collapsed targets'."""
     values = [v for p in points if not p.collapsed for v in (p.ppl_compressed, p.ppl_prompted)]
     values += [p.ppl_full for p in points if p.ppl_full is not None]
+    values = [v for v in values if math.isfinite(v)]
     if not values:  # every target collapsed: show them anyway
-        values = [v for p in points for v in (p.ppl_compressed, p.ppl_prompted)]
+        values = [v for p in points for v in (p.ppl_compressed, p.ppl_prompted) if math.isfinite(v)] or [1.0]
     low, high = min(values), max(values)
     pad = max((high - low) * 0.12, high * 0.02)
     return max(low - pad, 0.0), high + pad

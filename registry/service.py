@@ -327,6 +327,11 @@ class Registry:
         spec = target.spec
         if spec is None:
             raise InvalidInput("evidence needs a fully specified target compression (method and level)")
+        figures = {"ppl_without": measurement.ppl_without, "ppl_with": measurement.ppl_with,
+                   "ppl_full": measurement.ppl_full}
+        for key, value in figures.items():  # identical on both backends: SQLite would store NaN as NULL
+            if value is not None and not (math.isfinite(value) and value >= 1.0):
+                raise InvalidInput(f"{key} must be a finite perplexity >= 1, got {value}: nothing recorded")
         if target.identity is not None and measurement.target_key != target.identity:
             if measurement.target_key != LEGACY:
                 raise InvalidInput(f"measurement of {measurement.target_key} cannot be evidence for {target.identity}")

@@ -151,3 +151,33 @@ def test_cli_png_html_and_md_list_exactly_those_figures(tmp_path: Path, capsys, 
     assert main(["report", "--model", "tiny-llama", "--format", "pdf", "-o", str(tmp_path / "x")]) == 2
     assert main(["report", "--model", "tiny-llama", "-o", str(tmp_path)]) == 2
     assert main(["report", "--model", "tiny-llama"]) == 2, "a chart needs a file"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.5])
+def test_evidence_refuses_perplexities_that_are_not_finite_or_below_one(registry: Registry, bad: float) -> None:
+    from ctpreg.registry.errors import InvalidInput
+
+    _populate(registry)
+    before = len(registry.evidence("tiny-llama"))
+    prompt = registry.get("p:1")
+    target = Target.for_spec("tiny-llama", parse_compression("gptq-w8-g128"))
+    for fields in ({"ppl_with": bad}, {"ppl_without": bad}, {"ppl_full": bad}):
+        values = {"ppl_without": 30.0, "ppl_with": 25.0, "ppl_full": 20.0, **fields}
+        measurement = Measurement(values["ppl_without"], values["ppl_with"], WIKI.label, 5120, target_key=KEY,
+                                  eval_data=WIKI, ppl_full=values["ppl_full"])
+        with pytest.raises(InvalidInput, match="finite perplexity >= 1"):
+            registry.record_evidence(target, prompt, measurement, accepted=False)
+    assert len(registry.evidence("tiny-llama")) == before, "nothing recorded, on either backend"
+
+
+def test_a_stored_infinite_figure_does_not_break_the_chart(registry: Registry) -> None:
+    pytest.importorskip("matplotlib")
+    from dataclasses import replace
+
+    _populate(registry)
+    points = summarize("tiny-llama", registry.evidence("tiny-llama"), registry.list_prompts(model="tiny-llama"))
+    broken = [replace(points[0], target="gptq-w8-g128", x=8.0, ppl_prompted=float("inf")),
+              replace(points[0], target="gptq-w2-g64", x=2.0, ppl_compressed=float("nan"))]
+    chart = _figure(points + broken)
+    assert all(math.isfinite(limit) for axis in chart.axes for limit in axis.get_ylim())
+    assert broken[1].collapsed and broken[1].gap_recovered is None
