@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .db import crud
-from .db.engine import Database
+from .db.lite import SqliteReader, sqlite_path
+from .lazy import lazy_module
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt, StoreError
 from .compression import FULL_PRECISION_BITS
 from .identity import LEGACY, SPEC_KINDS
@@ -28,6 +30,11 @@ from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
 
 if TYPE_CHECKING:
     from .artifacts import PromptArtifact, PromptMetadata
+    from .db import crud
+    from .db.crud import Reads
+    from .db.engine import Database
+else:
+    crud = lazy_module("ctpreg.registry.db.crud")  # SQLAlchemy loads when the full path first needs it
 
 log = logging.getLogger(__name__)
 DEFAULT_GC_GRACE_SECONDS = 3600
@@ -46,22 +53,55 @@ class PublishResult:
 
 
 class Registry:
-    """Prompts, base models and evidence, stored in ``db`` (metadata) and ``store`` (bytes)."""
+    """Prompts, base models and evidence, stored in ``db`` (metadata) and ``store`` (bytes).
 
-    def __init__(self, db: Database, store: ObjectStore, *, user: str = "unknown") -> None:
-        self.db = db
-        self.store = store
+    Built from settings, the DB and the store open on first use, and a read-only resolve on a current SQLite file
+    reads through ``db.lite`` without loading SQLAlchemy at all (what a cold ``ctpreg resolve`` waits for).
+    """
+
+    def __init__(self, db: Database | None, store: ObjectStore | None, *, user: str = "unknown",
+                 settings: Settings | None = None) -> None:
+        if (db is None or store is None) and settings is None:
+            raise ValueError("a Registry needs a database and a store, or the settings to open them")
+        self._db, self._store, self._settings = db, store, settings
         self.user = user
         self._known_models: dict[str, BaseModelRecord] = {}  # base-model rows never change once written
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
-        embedded = settings.db_url == f"sqlite:///{settings.home / 'registry.db'}"
-        return cls(
-            Database(settings.db_url, auto_upgrade_empty=embedded),
-            open_store(settings.store_url, s3_endpoint_url=settings.s3_endpoint_url),
-            user=settings.user,
-        )
+        return cls(None, None, user=settings.user, settings=settings)
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            from .db.engine import Database
+
+            assert self._settings is not None
+            embedded = self._settings.db_url == f"sqlite:///{self._settings.home / 'registry.db'}"
+            self._db = Database(self._settings.db_url, auto_upgrade_empty=embedded)
+        return self._db
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            assert self._settings is not None
+            self._store = open_store(self._settings.store_url, s3_endpoint_url=self._settings.s3_endpoint_url)
+        return self._store
+
+    @contextmanager
+    def _reads(self) -> Iterator[Reads]:
+        """Resolve's read queries in one transaction: sqlite3 directly while nothing needed SQLAlchemy yet, else a
+        session of the full path (which also upgrades or refuses a schema that is not current)."""
+        path = sqlite_path(self._settings.db_url) if self._db is None and self._settings is not None else None
+        reader = SqliteReader.open(path) if path is not None else None
+        if reader is not None:
+            try:
+                yield reader
+            finally:
+                reader.close()
+            return
+        with self.db.session() as session:
+            yield crud.SessionReads(session)
 
     # --- publish -------------------------------------------------------------------------------------------------
 
@@ -271,25 +311,24 @@ class Registry:
         """
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
-        with self.db.session() as session:
-            base = self._known_models.get(target.model) or crud.get_base_model(session, name=target.model)
+        with self._reads() as reads:
+            base = self._known_models.get(target.model) or reads.base_model(target.model)
             if base is None or base.id is None:
                 raise NoCompatiblePrompt(f"model {target.model!r} is not registered, so no prompt is known to fit it")
             self._known_models[target.model] = base
             spec = target.spec
             evidence = (
-                crud.evidence_for(
-                    session, target_model=target.model, target_compression=spec.canonical,
-                    target_key=target.identity, target_kinds=None if target.identity else SPEC_KINDS,
-                    eval_key=eval_key,
+                reads.evidence(
+                    target_model=target.model, target_compression=spec.canonical, target_key=target.identity,
+                    target_kinds=None if target.identity else SPEC_KINDS, eval_key=eval_key,
                 )
                 if spec is not None else []
             )
             measured = {e.prompt_id for e in evidence}
-            prompts = crud.top_prompts(
-                session, target=target, model_id=base.id, fingerprint=base.fingerprint, limit=limit + len(measured)
+            prompts = reads.top_prompts(
+                target=target, model_id=base.id, fingerprint=base.fingerprint, limit=limit + len(measured)
             )
-            prompts += crud.prompts_by_id(session, ids=measured - {p.id for p in prompts})
+            prompts += reads.prompts_by_id(measured - {p.id for p in prompts})
         if not prompts:
             raise NoCompatiblePrompt(f"no prompt shares the embedding space of {target.model!r}")
         return rank(target, prompts, evidence)[:limit]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ctpreg.registry.refs import check_fingerprint, check_model_name
-from ctpreg.registry.db.engine import SCHEMA_REVISION, Database, safe_url
+from ctpreg.registry.db.revision import SCHEMA_REVISION
 from ctpreg.registry.records import BaseModelRecord
 from ctpreg.registry.service import DEFAULT_GC_GRACE_SECONDS, MAX_GC_GRACE_SECONDS
 
@@ -22,6 +22,7 @@ models_app = typer.Typer(help="Base models and their embedding-space fingerprint
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply migrations to the configured DB (CTPREG_DB_URL)."""
+    from ctpreg.registry.db.engine import Database, safe_url
     from ctpreg.registry.db.migrate import upgrade
 
     db = Database(state(ctx).settings.db_url)
@@ -33,6 +34,8 @@ def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help=
 @db_app.command("current")
 def db_current(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show the DB's schema revision and the one this ctpreg needs."""
+    from ctpreg.registry.db.engine import Database, safe_url
+
     db = Database(state(ctx).settings.db_url)
     current = db.current_revision()
     if as_json:

@@ -11,7 +11,8 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sqlalchemy import Select, bindparam, delete, func, or_, select
 from sqlmodel import Session
@@ -279,6 +280,37 @@ def top_prompts(session: Session, *, target: Target, model_id: int, fingerprint:
         statement = ranking.class_statement(_RECORD_QUERY, shape)
         found = _records(session, statement, with_aliases=False, params=params)
     return found
+
+
+class Reads(Protocol):
+    """Resolve's four read queries; ``SessionReads`` (this module) and ``lite.SqliteReader`` answer them alike."""
+
+    def base_model(self, name: str) -> BaseModelRecord | None: ...
+    def evidence(self, *, target_model: str, target_compression: str, target_key: str | None,
+                 target_kinds: Sequence[str] | None, eval_key: str | None) -> list[Evidence]: ...
+    def top_prompts(self, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]: ...
+    def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]: ...
+
+
+@dataclass(frozen=True)
+class SessionReads:
+    """``Reads`` over a SQLAlchemy session (any backend)."""
+
+    session: Session
+
+    def base_model(self, name: str) -> BaseModelRecord | None:
+        return get_base_model(self.session, name=name)
+
+    def evidence(self, *, target_model: str, target_compression: str, target_key: str | None,
+                 target_kinds: Sequence[str] | None, eval_key: str | None) -> list[Evidence]:
+        return evidence_for(self.session, target_model=target_model, target_compression=target_compression,
+                            target_key=target_key, target_kinds=target_kinds, eval_key=eval_key)
+
+    def top_prompts(self, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]:
+        return top_prompts(self.session, target=target, model_id=model_id, fingerprint=fingerprint, limit=limit)
+
+    def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]:
+        return prompts_by_id(self.session, ids=ids)
 
 
 def prompts_by_id(session: Session, *, ids: set[int]) -> list[PromptRecord]:

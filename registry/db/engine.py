@@ -18,9 +18,9 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Session
 
 from ..errors import CtpregError, DatabaseError, InvalidInput, SchemaOutOfDate
+from .revision import SCHEMA_REVISION
 
-#: The Alembic revision this code expects; a test checks it equals the migrations' head.
-SCHEMA_REVISION = "0004_evidence_full_perplexity"
+__all__ = ["SCHEMA_REVISION", "Database", "create_db_engine", "safe_url"]
 _WRITE = "ctpreg_write"
 
 

@@ -1,0 +1,225 @@
+"""Resolve's reads on SQLite through the standard library, so a cold ``ctpreg resolve`` never imports SQLAlchemy.
+
+Importing SQLAlchemy and SQLModel costs more than a cold resolve may take in all (measured in
+``bench/cli_latency.py``). A read-only resolve on an embedded SQLite file whose schema is current needs four
+queries: the target model, its evidence, the head of the ranking and the prompts measured on it. ``SqliteReader``
+runs them with ``sqlite3`` in one read transaction; the ranking's ORDER BY is ``registry.rank_rules`` rendered as SQL
+text by ``TextOps`` (the third interpreter of the rules, after the matcher and ``db/ranking``). Anything else (a
+missing file, another schema revision, any write) goes through the SQLAlchemy path, which upgrades or refuses.
+``tests/test_lite_reads.py`` checks that both paths answer every target identically.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .. import rank_rules
+from ..compression import FULL_PRECISION_BITS
+from ..identity import EvalData
+from ..matcher import Target
+from ..rank_rules import Shape
+from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
+from .revision import SCHEMA_REVISION
+
+_COLUMNS = {
+    "model": "p.base_model_id", "method": "p.method", "bits": "p.bits", "group_size": "p.group_size",
+    "sparsity": "p.sparsity", "dataset": "p.dataset", "task": "p.task", "recovery": "p.recovery",
+    "version": "p.version", "name": "p.name",
+}
+_RECORD = (
+    "SELECT p.id, p.name, p.version, b.name AS model_name, b.fingerprint AS model_fingerprint, p.compression,"
+    " p.dataset, p.task, p.num_virtual_tokens, p.hidden_size, p.dtype, p.sha256, p.size_bytes, p.object_key,"
+    " p.metrics, p.training, p.created_at, p.created_by, p.deprecated"
+    " FROM prompt AS p JOIN base_model AS b ON p.base_model_id = b.id"
+)
+_EVIDENCE = (
+    "SELECT t.prompt_id, bt.name AS target_name, t.target_compression, t.ppl_without, t.ppl_with, t.eval_dataset,"
+    " t.eval_tokens, t.target_key, t.eval_data, t.target_source, t.ppl_full, t.accepted, t.measured_at, p.name,"
+    " p.version"
+    " FROM transfer_result AS t JOIN base_model AS bt ON t.target_model_id = bt.id"
+    " JOIN prompt AS p ON t.prompt_id = p.id"
+    " WHERE bt.name = :target_model AND t.target_compression = :target_compression"
+)
+
+
+class Sql(str):
+    """A piece of SQL text (as opposed to a value the rules compare with, which becomes a parameter)."""
+
+
+class TextOps:
+    """``rank_rules.Ops`` as SQLite text; values become named parameters collected in ``params``."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+
+    def column(self, name: str) -> Sql:
+        return Sql(_COLUMNS[name])
+
+    def param(self, name: str) -> Sql:
+        return Sql(f":t_{name}")
+
+    def const(self, value: Any) -> Sql:
+        key = f"c{len(self.params)}"
+        self.params[key] = value
+        return Sql(f":{key}")
+
+    def eq(self, left: Sql, right: Sql) -> Sql:
+        return Sql(f"({left} = {right})")
+
+    def near(self, left: Sql, right: Sql) -> Sql:
+        return Sql(f"(abs({left} - {right}) < 1e-9)")
+
+    def greater(self, left: Sql, right: Sql) -> Sql:
+        return Sql(f"({left} > {right})")
+
+    def is_in(self, value: Sql, options: Sequence[str]) -> Sql:
+        return Sql(f"({value} IN ({', '.join(self.const(option) for option in options)}))")
+
+    def is_null(self, value: Sql) -> Sql:
+        return Sql(f"({value} IS NULL)")
+
+    def all_of(self, conditions: Sequence[Sql]) -> Sql:
+        return Sql("(" + " AND ".join(conditions) + ")" if conditions else "1")
+
+    def case(self, whens: Sequence[tuple[Sql, Any]], otherwise: Any) -> Sql:
+        branches = " ".join(f"WHEN {condition} THEN {self._value(then)}" for condition, then in whens)
+        return Sql(f"(CASE {branches} ELSE {self._value(otherwise)} END)")
+
+    def severity(self) -> Sql:
+        return Sql(f"(coalesce(p.bits, {FULL_PRECISION_BITS}) * (1.0 - coalesce(p.sparsity, 0.0)))")
+
+    def distance(self, left: Sql, right: Sql) -> Sql:
+        return Sql(f"abs({left} - {right})")
+
+    def descending(self, value: Sql) -> Sql:
+        return Sql(f"{value} DESC")
+
+    def _value(self, value: Any) -> Sql:
+        return value if isinstance(value, Sql) else self.const(value)
+
+
+def _statements(shape: Shape) -> tuple[str, str, dict[str, Any]]:
+    """(own exact matches, whole class) for one target shape, and the constants they bind."""
+    ops = TextOps()
+    exact = rank_rules.exact(shape, ops)
+    own_order = ", ".join(rank_rules.own_exact_order(shape, ops))
+    class_order = ", ".join(rank_rules.order(shape, ops))
+    own = (f"{_RECORD} WHERE p.id IN (SELECT p.id FROM prompt AS p WHERE p.base_model_id = :t_model AND {exact}"
+           f" AND p.deprecated = 0 ORDER BY {own_order} LIMIT :limit) ORDER BY {own_order}")
+    whole = f"{_RECORD} WHERE b.fingerprint = :fingerprint AND p.deprecated = 0 ORDER BY {class_order} LIMIT :limit"
+    return own, whole, ops.params
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a plain ``sqlite:///PATH`` URL; None for anything else (options, memory, other backends)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "?" in url or len(url) == len(prefix) or ":memory:" in url:
+        return None
+    return Path(url[len(prefix):])
+
+
+class SqliteReader:
+    """One read transaction on an embedded SQLite registry whose schema is the one this code expects."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    def open(cls, path: Path) -> SqliteReader | None:
+        """A reader, or None when the file is missing or its schema is not current (the full path handles both)."""
+        if not path.is_file():
+            return None
+        try:
+            connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30, isolation_level=None)
+            connection.execute("BEGIN")
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None or row[0] != SCHEMA_REVISION:
+            connection.close()
+            return None
+        return cls(connection)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def base_model(self, name: str) -> BaseModelRecord | None:
+        row = self.connection.execute(
+            "SELECT id, name, fingerprint, hidden_size, vocab_size, architecture, source, created_at"
+            " FROM base_model WHERE name = ?", (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        id_, name, fingerprint, hidden, vocab, architecture, source, created = row
+        return BaseModelRecord(name=name, fingerprint=fingerprint, hidden_size=hidden, vocab_size=vocab,
+                               architecture=architecture, source=source, created_at=_time(created), id=id_)
+
+    def evidence(self, *, target_model: str, target_compression: str, target_key: str | None,
+                 target_kinds: Sequence[str] | None, eval_key: str | None) -> list[Evidence]:
+        """``crud.evidence_for`` for one compression of one model, oldest first."""
+        sql, params = _EVIDENCE, {"target_model": target_model, "target_compression": target_compression}
+        if target_key is not None:
+            sql, params["target_key"] = sql + " AND t.target_key = :target_key", target_key
+        elif target_kinds is not None:
+            clauses = []
+            for i, kind in enumerate(target_kinds):
+                params[f"kind{i}"] = kind if kind == "legacy" else f"{kind}:"
+                clauses.append(f"t.target_key = :kind{i}" if kind == "legacy"
+                               else f"substr(t.target_key, 1, length(:kind{i})) = :kind{i}")
+            sql += " AND (" + " OR ".join(clauses or ["0"]) + ")"
+        if eval_key is not None:
+            sql, params["eval_key"] = sql + " AND t.eval_key = :eval_key", eval_key
+        rows = self.connection.execute(sql + " ORDER BY t.measured_at, t.id", params).fetchall()
+        return [
+            Evidence(
+                prompt_id=row[0], target_model=row[1], target_compression=row[2],
+                measurement=Measurement(
+                    row[3], row[4], row[5], row[6], target_key=row[7],
+                    eval_data=_eval_data(row[8]), target_source=row[9],
+                    ppl_full=row[10],
+                ),
+                accepted=bool(row[11]), measured_at=_time(row[12]), prompt_ref=f"{row[13]}:{row[14]}",
+            )
+            for row in rows
+        ]
+
+    def top_prompts(self, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]:
+        """``crud.top_prompts``: the head of the metadata order (the own exact matches when they fill it)."""
+        own, whole, constants = _statements(target.shape)
+        params = {**{f"t_{k}": v for k, v in target.rank_params.items()}, "t_model": model_id, **constants,
+                  "fingerprint": fingerprint, "limit": limit}
+        found = self._records(own, params)
+        return found if len(found) >= limit else self._records(whole, params)
+
+    def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]:
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        return self._records(f"{_RECORD} WHERE p.id IN ({marks}) AND p.deprecated = 0 ORDER BY p.id", sorted(ids))
+
+    def _records(self, sql: str, params: dict[str, Any] | list[Any]) -> list[PromptRecord]:
+        return [
+            PromptRecord(
+                id=row[0], name=row[1], version=row[2], model=row[3], model_fingerprint=row[4], compression=row[5],
+                dataset=row[6], task=row[7], num_virtual_tokens=row[8], hidden_size=row[9], dtype=row[10],
+                sha256=row[11], size_bytes=row[12], object_key=row[13], metrics=json.loads(row[14] or "{}") or {},
+                training=json.loads(row[15] or "{}") or {}, created_at=_time(row[16]), created_by=row[17],
+                deprecated=bool(row[18]),
+            )
+            for row in self.connection.execute(sql, params).fetchall()
+        ]
+
+
+def _eval_data(text: str | None) -> EvalData | None:
+    data = json.loads(text) if text else None  # SQLAlchemy's JSON type writes None as the text null
+    return EvalData.from_dict(data) if data else None
+
+
+def _time(text: str | None) -> datetime | None:
+    """SQLAlchemy stores SQLite datetimes as ISO text without a zone; read them back the same way."""
+    return datetime.fromisoformat(text) if text else None

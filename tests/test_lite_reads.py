@@ -1,0 +1,104 @@
+"""The standard-library SQLite read path (``registry.db.lite``) answers resolve's queries exactly as the SQLAlchemy
+path does, and a cold ``ctpreg resolve`` on the embedded registry never imports SQLAlchemy."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from ctpreg.registry.db.crud import SessionReads
+from ctpreg.registry.db.engine import Database
+from ctpreg.registry.db.lite import SqliteReader, sqlite_path
+from ctpreg.registry.db.migrate import downgrade, upgrade
+from ctpreg.registry.identity import SPEC_KINDS
+from ctpreg.registry.matcher import Target
+from ctpreg.registry.records import Measurement
+from ctpreg.registry.service import Registry
+from ctpreg.registry.stores.local import LocalStore
+from helpers import FP_A
+from test_ranking_sql import TARGETS, _populate
+
+
+@pytest.fixture
+def sqlite_registry(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    db = Database(url)
+    upgrade(db.engine)
+    registry = Registry(db, LocalStore(tmp_path / "objects"), user="test")
+    yield registry, tmp_path / "registry.db"
+    registry.db.dispose()
+
+
+def test_every_read_equals_the_sqlalchemy_path(sqlite_registry) -> None:
+    registry, path = sqlite_registry
+    rng = random.Random(11)
+    _populate(registry, rng)
+    everything = [p for p in registry.list_prompts() if p.model_fingerprint == FP_A and not p.deprecated]
+    for fields in TARGETS:
+        target = Target(model="m", dataset=rng.choice([None, "news"]), task=rng.choice([None, "qa"]), **fields)
+        if target.spec is not None:
+            for record in rng.sample(everything, 3):
+                registry.record_evidence(target, record, Measurement(50.0, 40.0, "wiki", 100, ppl_full=30.0),
+                                         accepted=rng.random() < 0.5)
+        reader = SqliteReader.open(path)
+        assert reader is not None
+        try:
+            with registry.db.session() as session:
+                full = SessionReads(session)
+                base = full.base_model("m")
+                assert reader.base_model("m") == base and reader.base_model("m").id == base.id
+                assert reader.base_model("nobody") is None
+                for limit in (1, 5, 40, 500):
+                    args = dict(target=target, model_id=base.id, fingerprint=base.fingerprint, limit=limit)
+                    assert reader.top_prompts(**args) == full.top_prompts(**args), (fields, limit)
+                if target.spec is not None:
+                    for identity, kinds in ((None, SPEC_KINDS), ("compressed:" + "0" * 64, None)):
+                        args = dict(target_model="m", target_compression=target.spec.canonical, target_key=identity,
+                                    target_kinds=kinds, eval_key=None)
+                        assert reader.evidence(**args) == full.evidence(**args)
+                ids = {p.id for p in rng.sample(everything, 7)}
+                assert reader.prompts_by_id(ids) == full.prompts_by_id(ids)
+        finally:
+            reader.close()
+
+
+def test_the_reader_declines_what_the_full_path_must_handle(tmp_path: Path) -> None:
+    assert SqliteReader.open(tmp_path / "missing.db") is None
+    assert not (tmp_path / "missing.db").exists(), "a read never creates the file"
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(db.engine)
+    downgrade(db.engine, "0003_evidence_identity")
+    assert SqliteReader.open(tmp_path / "old.db") is None, "another schema revision: the full path upgrades or refuses"
+    with db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    assert SqliteReader.open(tmp_path / "old.db") is None
+    db.dispose()
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///x.db?mode=ro", "postgresql://h/db", "sqlite:///"):
+        assert sqlite_path(url) is None, url
+    assert sqlite_path("sqlite:////abs/r.db") == Path("/abs/r.db")
+
+
+def test_a_cold_resolve_never_imports_sqlalchemy(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTPREG_")}
+    env["CTPREG_HOME"] = str(tmp_path / "home")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    publish = (
+        "from ctpreg.registry import Registry, Settings\n"
+        "from helpers import artifact_bytes\n"
+        "Registry.from_settings(Settings.from_env()).publish_bytes(artifact_bytes(), name='team/p')\n"
+    )
+    resolve = (
+        "import json, sys\n"
+        "from ctpreg.cli.main import main\n"
+        "code = main(['resolve', '--model', 'tiny-llama', '--bits', '3', '--json'])\n"
+        "print(json.dumps({'code': code, 'sqlalchemy': [m for m in sys.modules if m.startswith('sqlalchemy')]}))\n"
+    )
+    subprocess.run([sys.executable, "-c", publish], env=env, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", resolve], env=env, check=True, capture_output=True, text=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {"code": 0, "sqlalchemy": []}
+    assert json.loads("\n".join(out.strip().splitlines()[:-1]))[0]["ref"] == "team/p:1", "answered from the registry"
