@@ -33,6 +33,14 @@ def test_registry_latency(backend: str) -> None:
     assert "| ctpreg resolve" in out and "| MLflow get_model_version_by_alias" in out and "cold CLI" in out
 
 
+def test_cli_latency() -> None:
+    out = bench("cli_latency.py", "--prompts", "20", "--repeats", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms |" not in line]
+    labels = [cells[0].strip() for cells in rows]
+    assert labels[0] == "floor: python -c pass" and "ctpreg resolve --json, SQLite (stdlib read path)" in labels
+    assert all(float(cells[1]) > 0 for cells in rows), "every row ran and was timed"
+
+
 def test_fetch_latency() -> None:
     out = bench("fetch_latency.py", "--repeats", "20", "--cold-repeats", "3")
     assert "warm cache (read + sha256)" in out and "hf_hub_download" in out
