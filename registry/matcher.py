@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from . import rank_rules
@@ -115,7 +116,7 @@ class Target:
         parts.append(f"sparsity={self.sparsity:g}" if self.sparsity else "")
         return " ".join([self.model, *filter(None, parts)]) if any(parts) else f"{self.model} (any compression)"
 
-    @property
+    @cached_property
     def shape(self) -> Shape:
         """Which fields are set: the structure of the ranking rules (``registry.rank_rules``) for this target."""
         return Shape(
@@ -124,7 +125,7 @@ class Target:
             task=bool(self.task), severity=self.severity is not None,
         )
 
-    @property
+    @cached_property
     def rank_params(self) -> dict[str, Any]:
         """The values the ranking rules compare prompts with."""
         return {
