@@ -37,7 +37,7 @@ from ctpreg.registry.compression import parse_compression  # noqa: E402
 from ctpreg.registry.db.engine import Database  # noqa: E402
 from ctpreg.registry.db.migrate import upgrade  # noqa: E402
 from ctpreg.registry.db.models import AliasRow, BaseModelRow, PromptRow  # noqa: E402
-from ctpreg.registry.matcher import Target  # noqa: E402
+from ctpreg.registry.matcher import Target, rank  # noqa: E402
 from ctpreg.registry.service import Registry  # noqa: E402
 from ctpreg.registry.stores.local import LocalStore  # noqa: E402
 
@@ -242,6 +242,7 @@ def main() -> int:
                 failures.append(f"resolve {target.describe()} served {best.prompt.ref} from another embedding space")
             if complete and (best.prompt.model != target.model or best.tier != 2):
                 failures.append(f"resolve {target.describe()} served {best.prompt.ref} (tier {best.tier})")
+        failures += ranking_mismatches(registry, targets[:20], fingerprints)
         for name in lookups[:50]:
             if registry.get(f"{name}@latest").version != latest[name]:
                 failures.append(f"{name}@latest is not version {latest[name]}")
@@ -276,6 +277,22 @@ def main() -> int:
         print("\nFAILED checks:\n" + "\n".join(failures[:20]))
         return 1
     return 0
+
+
+def ranking_mismatches(registry: Registry, targets: list[Target], fingerprints: dict[str, str]) -> list[str]:
+    """The DB's top 10 must be the head of the matcher's ranking of the whole fingerprint class, computed in Python."""
+    by_class: dict[str, list] = {}
+    for prompt in registry.list_prompts(include_deprecated=False):
+        by_class.setdefault(prompt.model_fingerprint, []).append(prompt)
+    found = []
+    for target in targets:
+        expected = [c.prompt.ref for c in rank(target, by_class[fingerprints[target.model]])[:10]]
+        got = [c.prompt.ref for c in registry.candidates(target, limit=10)]
+        if got != expected:
+            at = next(i for i, (a, b) in enumerate(zip([*got, None], [*expected, None])) if a != b)
+            found.append(f"resolve {target.describe()}: place {at + 1} is {got[at:at + 1]}, the full ranking has "
+                         f"{expected[at:at + 1]}")
+    return found
 
 
 def fmt(values: tuple[float, float, float]) -> list[str]:
