@@ -25,6 +25,7 @@ from .compression import CompressionSpec, parse_compression
 from .digest import sha256_hex
 from .errors import InvalidArtifact, InvalidInput
 from .files import write_output
+from .recovery import is_perplexity
 from .refs import check_fingerprint, check_model_name, check_text
 
 FORMAT = "ctpreg-prompt/1"
@@ -75,7 +76,7 @@ class PromptMetadata:
             strict_json.dumps(value, key, max_bytes=MAX_JSON_BYTES)
         for key in PERPLEXITY_KEYS:
             value = self.metrics.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 1):
+            if value is not None and not is_perplexity(value):
                 raise InvalidInput(f"metrics.{key} must be a perplexity (a number >= 1), got {value!r}")
 
     def to_strings(self) -> dict[str, str]:
@@ -195,8 +196,9 @@ def read_artifact(path: str | Path) -> tuple[PromptArtifact, bytes]:
 def _parse(data: bytes) -> PromptArtifact:
     if not data:
         raise InvalidArtifact("empty file")
-    strings = _header_metadata(data)
-    _check_header_dtypes(data)
+    header = _header(data)
+    strings = _header_metadata(header)
+    _check_header_dtypes(header)
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError) as exc:
@@ -212,17 +214,15 @@ def _parse(data: bytes) -> PromptArtifact:
 _NUMPY_DTYPES = {"F32", "F16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 
 
-def _check_header_dtypes(data: bytes) -> None:
+def _check_header_dtypes(header: dict[str, Any]) -> None:
     """Name tensors numpy cannot hold (bf16, fp8) instead of failing inside the loader."""
-    (header_len,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + header_len])  # already parsed strictly by _header_metadata
     for name, info in header.items():
         if name != "__metadata__" and isinstance(info, dict) and info.get("dtype") not in _NUMPY_DTYPES:
             raise InvalidArtifact(f"tensor {name!r} has dtype {info.get('dtype')}; store prompts as float32 or float16")
 
 
-def _header_metadata(data: bytes) -> dict[str, str]:
-    """Read ``__metadata__`` from the safetensors header (8-byte little-endian length, then JSON)."""
+def _header(data: bytes) -> dict[str, Any]:
+    """The safetensors header (8-byte little-endian length, then JSON), parsed strictly and once."""
     if len(data) < 8:
         raise InvalidArtifact("truncated: shorter than a safetensors header")
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -236,6 +236,11 @@ def _header_metadata(data: bytes) -> dict[str, str]:
         raise InvalidArtifact(f"not a safetensors file ({exc})") from None
     if not isinstance(header, dict):
         raise InvalidArtifact("not a safetensors file (header is not a JSON object)")
+    return header
+
+
+def _header_metadata(header: dict[str, Any]) -> dict[str, str]:
+    """The header's ``__metadata__``: strings to strings."""
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidArtifact("safetensors __metadata__ must map strings to strings")

@@ -37,6 +37,11 @@ def log_gap_recovered(metrics: Mapping[str, Any]) -> float | None:
     return (compressed - prompted) / (compressed - full)
 
 
+def is_perplexity(value: object) -> bool:
+    """A number a perplexity can be: finite and at least 1 (booleans are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 1
+
+
 def collapsed(ppl_full: float, ppl_compressed: float) -> bool:
     """Whether compression broke the model rather than degraded it (see the module docstring)."""
     return ppl_compressed > COLLAPSE_RATIO * ppl_full

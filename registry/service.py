@@ -23,7 +23,7 @@ from .compression import FULL_PRECISION_BITS
 from .identity import LEGACY, SPEC_KINDS
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
-from .recovery import gap_recovered
+from .recovery import gap_recovered, is_perplexity
 from .refs import LATEST, check_alias, check_name, check_text, parse_ref
 from .settings import Settings
 from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
@@ -369,7 +369,7 @@ class Registry:
         figures = {"ppl_without": measurement.ppl_without, "ppl_with": measurement.ppl_with,
                    "ppl_full": measurement.ppl_full}
         for key, value in figures.items():  # identical on both backends: SQLite would store NaN as NULL
-            if value is not None and not (math.isfinite(value) and value >= 1.0):
+            if value is not None and not is_perplexity(value):
                 raise InvalidInput(f"{key} must be a finite perplexity >= 1, got {value}: nothing recorded")
         if target.identity is not None and measurement.target_key != target.identity:
             if measurement.target_key != LEGACY:
