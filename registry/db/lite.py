@@ -15,12 +15,13 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .. import rank_rules
 from ..compression import FULL_PRECISION_BITS
-from ..identity import EvalData
+from ..identity import LEGACY, EvalData
 from ..matcher import Target
 from ..rank_rules import Shape
 from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
@@ -103,8 +104,10 @@ class TextOps:
         return value if isinstance(value, Sql) else self.const(value)
 
 
+@lru_cache(maxsize=512)
 def _statements(shape: Shape) -> tuple[str, str, dict[str, Any]]:
-    """(own exact matches, whole class) for one target shape, and the constants they bind."""
+    """(own exact matches, whole class) for one target shape, and the constants they bind (built once per shape;
+    callers copy the constants)."""
     ops = TextOps()
     exact = rank_rules.exact(shape, ops)
     own_order = ", ".join(rank_rules.own_exact_order(shape, ops))
@@ -136,10 +139,13 @@ class SqliteReader:
             return None
         try:
             connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30, isolation_level=None)
+        except sqlite3.Error:
+            return None
+        try:
             connection.execute("BEGIN")
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
         except sqlite3.Error:
-            return None
+            row = None
         if row is None or row[0] != SCHEMA_REVISION:
             connection.close()
             return None
@@ -168,8 +174,8 @@ class SqliteReader:
         elif target_kinds is not None:
             clauses = []
             for i, kind in enumerate(target_kinds):
-                params[f"kind{i}"] = kind if kind == "legacy" else f"{kind}:"
-                clauses.append(f"t.target_key = :kind{i}" if kind == "legacy"
+                params[f"kind{i}"] = kind if kind == LEGACY else f"{kind}:"
+                clauses.append(f"t.target_key = :kind{i}" if kind == LEGACY
                                else f"substr(t.target_key, 1, length(:kind{i})) = :kind{i}")
             sql += " AND (" + " OR ".join(clauses or ["0"]) + ")"
         if eval_key is not None:
