@@ -122,20 +122,22 @@ class Database:
             )
         self._schema_checked = True
 
-    def _sqlite_file_missing(self) -> bool:
+    def _sqlite_file(self) -> Path | None:
+        """The file of a SQLite DB (None for other backends and in-memory DBs)."""
         database = self.engine.url.database
-        return (
-            self.dialect == "sqlite"
-            and bool(database)
-            and database != ":memory:"
-            and not Path(database).expanduser().exists()
-        )
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database).expanduser()
+
+    def _sqlite_file_missing(self) -> bool:
+        path = self._sqlite_file()
+        return path is not None and not path.exists()
 
     def make_sqlite_folder(self) -> None:
         """Create a SQLite DB's folder: when the embedded DB is first used, or by ``ctpreg db upgrade``."""
-        database = self.engine.url.database
-        if self.dialect == "sqlite" and database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = self._sqlite_file()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def _upgrade_lock(self) -> Iterator[None]:

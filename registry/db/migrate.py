@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 
-# ctpreg drives alembic from code and reports revisions itself; alembic's INFO lines (plugin set-up, "Running
-# upgrade ...") would otherwise reach command output whenever a library in the process configured the root logger.
+# ctpreg drives alembic from code and reports revisions itself; alembic's INFO lines (plugin set-up at import,
+# "Running upgrade ...") would otherwise reach command output whenever a library in the process configured the root
+# logger. Set before alembic is imported.
 logging.getLogger("alembic").setLevel(logging.WARNING)
-from contextlib import contextmanager
 
 from alembic import command
 from alembic.config import Config
@@ -56,4 +57,3 @@ def _translated() -> Iterator[None]:
         raise InvalidInput(f"migration: {exc}") from exc
     except SQLAlchemyError as exc:
         raise DatabaseError(f"migration failed: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}") from exc
-

@@ -14,4 +14,3 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def sparsity(weight: torch.Tensor) -> float:
     return float((weight == 0).sum()) / weight.numel()
-
