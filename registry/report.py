@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from .compression import QUANTIZATION, CompressionSpec, parse_compression
 from .identity import EvalData
@@ -160,15 +161,17 @@ def _trained_targets(model: str, records: Iterable[PromptRecord]) -> list[Report
     """Each training target's figures from the artifacts: per (compression, windows), the prompt the matcher ranks
     first among those trained there (the exact match with the best recorded recovery)."""
     groups: dict[tuple[str, EvalData], list[PromptRecord]] = {}
+    placed: dict[str, tuple[str, str, float]] = {}
     for record in records:
-        windows, metrics = _artifact_windows(record), record.metrics
+        windows, metrics, where = _artifact_windows(record), record.metrics, placement(record.spec)
         numbers = all(isinstance(metrics.get(k), int | float) for k in ("ppl_compressed", "ppl_prompted"))
-        if not record.deprecated and windows is not None and numbers and placement(record.spec) is not None:
+        if not record.deprecated and windows is not None and numbers and where is not None:
             groups.setdefault((record.compression, windows), []).append(record)
+            placed[record.compression] = where
     points = []
     for (compression, windows), group in groups.items():
         spec = parse_compression(compression)
-        panel, series, x = placement(spec) or (QUANTIZED, "", 0.0)
+        panel, series, x = placed[compression]
         best = rank(Target.for_spec(model, spec), group)[0]
         metrics = best.prompt.metrics
         full = metrics.get("ppl_full")
@@ -188,17 +191,26 @@ def _percent(value: float | None) -> str:
     return f"{value:.0%}" if value is not None else "n/a"
 
 
+class HasGaps(Protocol):
+    collapsed: bool
+    gap_recovered: float | None
+    log_gap_recovered: float | None
+
+
+def gap_cells(row: HasGaps) -> tuple[str, str]:
+    """Gap recovered in perplexity and log-perplexity as shown; none is quoted for a collapsed target."""
+    if row.collapsed:
+        return "collapsed", "collapsed"
+    return _percent(row.gap_recovered), _percent(row.log_gap_recovered)
+
+
 def table_rows(points: list[ReportPoint]) -> list[list[str]]:
     """The rows every format shows: what a user gets by deploying, target by target."""
-    rows = []
-    for p in points:
-        gap, log_gap = (("collapsed", "collapsed") if p.collapsed else (_percent(p.gap_recovered),
-                                                                        _percent(p.log_gap_recovered)))
-        rows.append([
-            p.target, f"{p.ppl_full:.2f}" if p.ppl_full is not None else "not recorded", f"{p.ppl_compressed:.2f}",
-            f"{p.ppl_prompted:.2f}", gap, log_gap, p.prompt if p.served else "none", p.explanation,
-        ])
-    return rows
+    return [
+        [p.target, f"{p.ppl_full:.2f}" if p.ppl_full is not None else "not recorded", f"{p.ppl_compressed:.2f}",
+         f"{p.ppl_prompted:.2f}", *gap_cells(p), p.prompt if p.served else "none", p.explanation]
+        for p in points
+    ]
 
 
 TABLE_HEADER = ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered (ppl)",

@@ -14,15 +14,15 @@ import textwrap
 from typing import Any
 
 from .errors import MissingExtra
-from .report import PRUNED, QUANTIZED, TABLE_HEADER, ReportPoint, by_windows, table_rows
+from .report import FROM_ARTIFACT, PRUNED, QUANTIZED, TABLE_HEADER, ReportPoint, by_windows, table_rows
 
 _AXIS_LABEL = {QUANTIZED: "bits per weight (quantization)", PRUNED: "fraction of weights pruned"}
 
 
 def png_bytes(model: str, points: list[ReportPoint]) -> bytes:
+    drawn = figure(model, points)  # first: it says which extra to install when matplotlib is missing
     import matplotlib.pyplot as plt
 
-    drawn = figure(model, points)
     buffer = io.BytesIO()
     data = json.dumps([p.to_dict() for p in points], sort_keys=True)
     drawn.savefig(buffer, format="png", metadata={"Description": data})
@@ -102,7 +102,7 @@ def _panel(axis: Any, panel: str, points: list[ReportPoint], colors: dict[str, A
                 axis.plot([p.x for p in refused], [p.ppl_prompted for p in refused], "s", color=color,
                           markerfacecolor="none", label=f"{series}: best prompt, not served")
             for p in members:
-                tag = p.target + (" (trained)" if p.source == "artifact" else "")
+                tag = p.target + (" (trained)" if p.source == FROM_ARTIFACT else "")
                 axis.annotate(tag, (p.x, p.ppl_compressed), textcoords="offset points", xytext=(4, 4), fontsize=6)
         for p in (q for q in points if q.series == series and q.collapsed):
             axis.plot([p.x], [top], "^", color=color, clip_on=False, markersize=8)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 
 from .recovery import COLLAPSE_RATIO
-from .report import TABLE_HEADER, ReportPoint, by_windows, table_rows
+from .report import FROM_ARTIFACT, TABLE_HEADER, ReportPoint, by_windows, table_rows
 
 _PACKAGES = (
     "ctpreg", "torch", "transformers", "gptqmodel", "llmcompressor", "bitsandbytes", "matplotlib", "sqlalchemy",
@@ -64,5 +64,5 @@ def page(model: str, points: list[ReportPoint], png: bytes, *, now: datetime | N
 
 
 def _provenance(point: ReportPoint) -> str:
-    source = "the prompt's artifact" if point.source == "artifact" else f"{point.measurements} prompt(s) validated"
+    source = "the prompt's artifact" if point.source == FROM_ARTIFACT else f"{point.measurements} prompt(s) validated"
     return f"{point.target_key}; {source}"

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
+
+from ctpreg.registry.report import gap_cells
 
 from ..options import JsonFlag
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
 from ..state import state
-
-if TYPE_CHECKING:
-    from ctpreg.trainer.demo import DemoRow
+from .trainer_options import CalibrationWindowsOption, DeviceOption, ModelPathOption
 
 
 def demo(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Model slug.")] = "smollm2-135m",
-    model_path: Annotated[str | None, typer.Option("--model-path", help="Local folder, .gguf file or hub id.")] = None,
+    model_path: ModelPathOption = None,
     train_compression: Annotated[str, typer.Option(
         "--train", help="Compression the prompt is trained on.",
     )] = "gptq-w3-g128",
@@ -29,8 +29,8 @@ def demo(
     num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens.")] = 20,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
     eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows for every measurement.")] = 20,
-    calibration_windows: Annotated[int, typer.Option(min=1, help="Calibration windows for GPTQ/SparseGPT.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    calibration_windows: CalibrationWindowsOption = 32,
+    device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Run the main job end to end on the embedded defaults (SQLite + local objects + packaged SmolLM2-135M).
@@ -67,20 +67,10 @@ def demo(
          "how", "seconds"],
         [
             (r.target, f"{r.ppl_full:.2f}", f"{r.ppl_compressed:.2f}",
-             f"{r.ppl_prompted:.2f}" if r.ppl_prompted is not None else "", *_gaps(r), r.served or "none", r.note,
-             f"{r.seconds:.0f}")
+             f"{r.ppl_prompted:.2f}" if r.ppl_prompted is not None else "", *gap_cells(r), r.served or "none",
+             r.note, f"{r.seconds:.0f}")
             for r in report.rows
         ],
     )
     info(f"demo finished in {report.total_seconds:.0f}s ({report.step_seconds:.2f}s per training step)"
          + ("; reused the trained prompt" if report.reused_prompt else ""))
-
-
-
-def _gaps(row: DemoRow) -> tuple[str, str]:
-    """Gap recovered in both spaces; none is quoted for a collapsed target (``registry.recovery``)."""
-    if row.collapsed:
-        return "collapsed", "collapsed"
-    return tuple(  # type: ignore[return-value]
-        f"{value:.0%}" if value is not None else "n/a" for value in (row.gap_recovered, row.log_gap_recovered)
-    )

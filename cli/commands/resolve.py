@@ -15,6 +15,7 @@ from ctpreg.registry.resolver import resolve as resolve_target
 from ..options import BitsOption, DatasetOption, GroupSizeOption, JsonFlag, MethodOption, SparsityOption
 from ..output import emit_json, info, percent, show_logs, stdout_to_stderr, table
 from ..state import state
+from .trainer_options import CalibrationOption, CalibrationWindowsOption, DeviceOption, ModelPathOption
 
 
 def resolve(
@@ -47,13 +48,11 @@ def resolve(
     )] = DEFAULT_MIN_GAIN,
     revalidate: Annotated[bool, typer.Option("--revalidate", help="Measure again even if evidence exists.")] = False,
     max_windows: Annotated[int, typer.Option("--max-windows", min=1, help="Validation windows.")] = 20,
-    calibration: Annotated[str, typer.Option(help="Calibration corpus for compressing the target.")] = "wiki",
-    calibration_windows: Annotated[int, typer.Option(min=1, help="Calibration windows for the target.")] = 32,
+    calibration: CalibrationOption = "wiki",
+    calibration_windows: CalibrationWindowsOption = 32,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per validation window.")] = 256,
-    model_path: Annotated[str | None, typer.Option(
-        "--model-path", help="Local folder, .gguf file or hub id of the base model to compress for validation.",
-    )] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N] for validation.")] = "auto",
+    model_path: ModelPathOption = None,
+    device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Find the best prompt for a compressed model. Exit 3 if no prompt shares its embedding space, 4 if
