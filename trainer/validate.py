@@ -81,7 +81,7 @@ class _PerplexityValidator(abc.ABC):
     @abc.abstractmethod
     def _check(self, artifact: PromptArtifact, target: Target) -> None: ...
 
-    def _full_perplexity(self, target: Target) -> float | None:
+    def full_perplexity(self, model_name: str) -> float | None:
         """The uncompressed model on the same windows, where this validator has it (recorded for reports)."""
         return None
 
@@ -114,7 +114,7 @@ class _PerplexityValidator(abc.ABC):
         return Measurement(
             ppl_without=self._current.ppl, ppl_with=with_prompt.ppl, eval_dataset=evaluation.data.label,
             eval_tokens=with_prompt.tokens, target_key=key, eval_data=evaluation.data, target_source=source,
-            ppl_full=self._full_perplexity(target),
+            ppl_full=self.full_perplexity(target.model),
         )
 
 
@@ -132,15 +132,12 @@ class TargetValidator(_PerplexityValidator):
     _full: dict[str, float] = field(default_factory=dict)
 
     def full_perplexity(self, model_name: str) -> float:
-        """The uncompressed base model on the same windows (for reports)."""
+        """The uncompressed base model on the same windows, measured once."""
         if model_name not in self._full:
             target = Target(model=model_name)
             windows = self.eval_set(target).windows
             self._full[model_name] = perplexity(self._base(model_name).model, windows, label="validate full").ppl
         return self._full[model_name]
-
-    def _full_perplexity(self, target: Target) -> float | None:
-        return self.full_perplexity(target.model)
 
     def _compress_config(self, target: Target) -> CompressConfig:
         spec = target.spec
