@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,37 @@ def publish_worker(db_url: str, store_url: str, endpoint: str | None, worker: in
         versions.append(registry.publish_bytes(data, name=name).prompt.version)
     registry.db.dispose()
     return versions
+
+
+RANKING_COMPRESSIONS = [
+    "none", "gptq-w2-g128", "gptq-w3-g128", "gptq-w3-g64", "gptq-w4-g128", "gptq-w8-g128", "bnb-nf4", "bnb-fp4",
+    "bnb-int8", "sparsegpt-s50", "sparsegpt-s75", "wanda-s50", "wanda-n2m4", "magnitude-s60",
+    "gptq-w4-g128+sparsegpt-s50",
+]
+RANKING_TARGETS = [
+    {}, {"bits": 3}, {"bits": 4}, {"bits": 8}, {"method": "gptq", "bits": 3},
+    {"method": "gptq", "bits": 3, "group_size": 64},
+    {"method": "gptq"}, {"method": "bnb-nf4"}, {"method": "sparsegpt", "sparsity": 0.5}, {"sparsity": 0.75},
+    {"method": "wanda"}, {"method": "gptq", "bits": 4, "sparsity": 0.5}, {"method": "none"},
+    {"method": "magnitude", "sparsity": 0.6},
+]
+
+
+def populate_for_ranking(registry: Registry, rng: random.Random) -> None:
+    """240 prompts over three models (two share a fingerprint), every kind of compression, some deprecated: the
+    registry the ranking tests compare the SQL paths with the matcher on."""
+    models = [("m", FP_A), ("m-chat", FP_A), ("other", FP_B)]
+    for i in range(240):
+        model, fp = rng.choice(models)
+        full = 20.0
+        compressed = full + rng.choice([0.0, 10.0, 40.0])
+        prompted = compressed - rng.random() * (compressed - full + 1)
+        metrics = rng.choice([{}, {"ppl_full": full, "ppl_compressed": compressed, "ppl_prompted": prompted}])
+        data = artifact_bytes(
+            seed=i, model=model, fp=fp, compression=rng.choice(RANKING_COMPRESSIONS),
+            dataset=rng.choice(["wiki", "news"]), metrics=metrics, task=rng.choice([None, "qa"]),
+        )
+        registry.publish_bytes(data, name=f"{model}/p{rng.randint(0, 30)}")
+    for record in rng.sample(registry.list_prompts(), 25):
+        if not record.deprecated:
+            registry.deprecate(record.ref)

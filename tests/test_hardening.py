@@ -1,5 +1,6 @@
 """Adversarial inputs and faults: each gets a one-line error and a non-zero exit, and nothing is lost."""
 
+import json
 import os
 import stat
 import time
@@ -111,7 +112,7 @@ def test_gc_refuses_an_empty_db_in_front_of_a_full_store_and_reindex_restores(cl
     code, _, err = cli(capsys, "gc", "--grace", "0")
     assert code == 6 and "ctpreg reindex" in err and objects(home) == before
     code, out, _ = cli(capsys, "reindex", "--json")
-    assert code == 0 and len(__import__("json").loads(out)) == 2
+    assert code == 0 and len(json.loads(out)) == 2
     code, _, _ = cli(capsys, "gc", "--grace", "0")
     assert code == 0 and objects(home) == before
     assert cli(capsys, "show", "tiny-llama/gptq-w3-g128/wiki")[0] == 0

@@ -20,8 +20,7 @@ from ctpreg.registry.matcher import Target
 from ctpreg.registry.records import Measurement
 from ctpreg.registry.service import Registry
 from ctpreg.registry.stores.local import LocalStore
-from helpers import FP_A
-from test_ranking_sql import TARGETS, _populate
+from helpers import FP_A, RANKING_TARGETS, populate_for_ranking
 
 
 @pytest.fixture
@@ -37,9 +36,9 @@ def sqlite_registry(tmp_path: Path):
 def test_every_read_equals_the_sqlalchemy_path(sqlite_registry) -> None:
     registry, path = sqlite_registry
     rng = random.Random(11)
-    _populate(registry, rng)
+    populate_for_ranking(registry, rng)
     everything = [p for p in registry.list_prompts() if p.model_fingerprint == FP_A and not p.deprecated]
-    for fields in TARGETS:
+    for fields in RANKING_TARGETS:
         target = Target(model="m", dataset=rng.choice([None, "news"]), task=rng.choice([None, "qa"]), **fields)
         if target.spec is not None:
             for record in rng.sample(everything, 3):
