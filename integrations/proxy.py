@@ -58,6 +58,12 @@ class ServedPrompt:
         return {"prompt": prompt, "target": self.target.to_dict(),
                 "add_special_tokens": self.builder.add_special_tokens, "max_request_tokens": self.max_request_tokens}
 
+    @property
+    def max_text_chars(self) -> int:
+        """A text longer than this cannot fit in ``max_request_tokens`` positions, whatever it says, so it is
+        refused before it is tokenized."""
+        return self.max_request_tokens * self.builder.longest_token_chars
+
 
 def prepare(model_path: str | Path, *, client: Client | None, no_prompt: bool = False, ref: str | None = None,
             model_name: str | None = None, method: str | None = None, dtype: Any = None,
@@ -122,7 +128,7 @@ def with_prompt(body: dict[str, Any], served: ServedPrompt) -> dict[str, Any]:
         raise InvalidInput("prompt is required")
     batch = as_batch(body["prompt"])
     for item in batch:  # id ranges are checked where the rows are gathered (registry.prompted.embeds_with_prompt)
-        if isinstance(item, str) and len(item) > 8 * served.max_request_tokens:  # no tokenizer makes that fit
+        if isinstance(item, str) and len(item) > served.max_text_chars:
             raise InvalidInput(f"prompt longer than this proxy's {served.max_request_tokens} positions per request")
     ids = [served.builder.token_ids(item) for item in batch]
     positions = sum(len(item) for item in ids) + len(ids) * int(served.builder.prompt.shape[0])

