@@ -36,7 +36,7 @@ from ctpreg.registry.recovery import gap_recovered  # noqa: E402
 from ctpreg.registry.compression import parse_compression  # noqa: E402
 from ctpreg.registry.db.engine import Database  # noqa: E402
 from ctpreg.registry.db.migrate import upgrade  # noqa: E402
-from ctpreg.registry.db.models import AliasRow, BaseModelRow, PromptRow  # noqa: E402
+from ctpreg.registry.db.models import AliasRow, BaseModelRow, PromptRow, PromptTargetRow  # noqa: E402
 from ctpreg.registry.matcher import Target, rank  # noqa: E402
 from ctpreg.registry.service import Registry  # noqa: E402
 from ctpreg.registry.stores.local import LocalStore  # noqa: E402
@@ -130,6 +130,13 @@ def populate_ctpreg(url: str, models: list[dict], rows: list[dict]) -> float:
             (name, version): pid
             for pid, name, version in conn.execute(sa.select(PromptRow.id, PromptRow.name, PromptRow.version))
         }
+        copied = ("base_model_id", "compression", "method", "bits", "sparsity", "group_size", "recovery", "dataset",
+                  "task", "version", "name", "deprecated")
+        for start in range(0, len(rows), 10_000):  # each prompt's one target: the rows resolve ranks
+            conn.execute(sa.insert(PromptTargetRow.__table__), [
+                {"prompt_id": ids[(row["name"], row["version"])], **{key: row[key] for key in copied}}
+                for row in rows[start : start + 10_000]
+            ])
         latest: dict[str, int] = {}
         for name, version in ids:
             latest[name] = max(latest.get(name, 0), version)

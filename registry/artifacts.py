@@ -2,8 +2,11 @@
 
 Tensor ``prompt_embeddings`` [num_virtual_tokens, hidden_size] (PEFT's key), float32 by default. ``__metadata__`` holds
 ``format=ctpreg-prompt/1``, ``model``, ``model_fingerprint``, ``compression``, ``dataset``, ``num_virtual_tokens``,
-``hidden_size``, ``training`` (JSON), ``metrics`` (JSON) and optionally ``task``. Reading goes through safetensors'
-numpy loader only, never pickle, so this module stays torch-free; every check fails with one clear line.
+``hidden_size``, ``training`` (JSON), ``metrics`` (JSON) and optionally ``task``. A prompt trained on several
+compressed versions of its base model also has ``targets`` (JSON list of canonical specs, ``compression`` first) and
+its figures per target in ``metrics.targets``; a single-target artifact has neither, so its bytes are as before.
+Reading goes through safetensors' numpy loader only, never pickle, so this module stays torch-free; every check
+fails with one clear line.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ MAX_HEADER_BYTES = 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
 MAX_VIRTUAL_TOKENS = 65536
 MAX_HIDDEN_SIZE = 65536
+MAX_TARGETS = 16
 PERPLEXITY_KEYS = ("ppl_full", "ppl_compressed", "ppl_prompted")
 
 
@@ -57,6 +61,7 @@ class PromptMetadata:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     task: str | None = None
+    targets: tuple[CompressionSpec, ...] = ()  # every compression trained on (first = ``compression``) if several
 
     def __post_init__(self) -> None:
         """Every limit is checked here, where metadata is built or read, so both DB backends see the same values
@@ -74,10 +79,33 @@ class PromptMetadata:
             if not isinstance(value, dict):
                 raise InvalidInput(f"{key} must be a JSON object")
             strict_json.dumps(value, key, max_bytes=MAX_JSON_BYTES)
-        for key in PERPLEXITY_KEYS:
-            value = self.metrics.get(key)
-            if value is not None and not is_perplexity(value):
-                raise InvalidInput(f"metrics.{key} must be a perplexity (a number >= 1), got {value!r}")
+        _check_perplexities(self.metrics, "metrics")
+        if self.targets or "targets" in self.metrics:
+            self._check_targets()
+
+    def _check_targets(self) -> None:
+        names = [spec.canonical for spec in self.targets]
+        if not 2 <= len(names) <= MAX_TARGETS or len(set(names)) != len(names):
+            raise InvalidInput(f"targets must list 2..{MAX_TARGETS} distinct compressions, got {names}")
+        if names[0] != self.compression.canonical:
+            raise InvalidInput(f"targets must start with the compression {self.compression.canonical}, got {names[0]}")
+        per_target = self.metrics.get("targets")
+        if not isinstance(per_target, dict) or sorted(per_target) != sorted(names):
+            raise InvalidInput(f"metrics.targets must hold the figures of exactly the targets {names}")
+        for name, figures in per_target.items():
+            if not isinstance(figures, dict):
+                raise InvalidInput(f"metrics.targets.{name} must be a JSON object")
+            _check_perplexities(figures, f"metrics.targets.{name}")
+
+    @property
+    def trained_on(self) -> tuple[CompressionSpec, ...]:
+        return self.targets or (self.compression,)
+
+    def target_metrics(self, spec: CompressionSpec) -> dict[str, Any]:
+        """The figures measured on one of the targets trained on (the top-level metrics for a single target)."""
+        if not self.targets:
+            return self.metrics
+        return self.metrics["targets"][spec.canonical]
 
     def to_strings(self) -> dict[str, str]:
         strings = {
@@ -93,6 +121,8 @@ class PromptMetadata:
         }
         if self.task:
             strings["task"] = self.task
+        if self.targets:
+            strings["targets"] = json.dumps([spec.canonical for spec in self.targets])
         return strings
 
     @classmethod
@@ -113,9 +143,26 @@ class PromptMetadata:
                 training=_json_object(strings, "training"),
                 metrics=_json_object(strings, "metrics"),
                 task=strings.get("task") or None,
+                targets=_targets(strings),
             )
         except InvalidInput as exc:
             raise InvalidArtifact(f"artifact metadata: {exc}") from None
+
+
+def _check_perplexities(figures: dict[str, Any], where: str) -> None:
+    for key in PERPLEXITY_KEYS:
+        value = figures.get(key)
+        if value is not None and not is_perplexity(value):
+            raise InvalidInput(f"{where}.{key} must be a perplexity (a number >= 1), got {value!r}")
+
+
+def _targets(strings: Mapping[str, str]) -> tuple[CompressionSpec, ...]:
+    if "targets" not in strings:
+        return ()
+    value = strict_json.loads(strings["targets"], "artifact metadata targets", max_bytes=MAX_JSON_BYTES)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput("targets must be a JSON list of compression specs")
+    return tuple(parse_compression(item) for item in value)
 
 
 def _positive_int(strings: Mapping[str, str], key: str) -> int:

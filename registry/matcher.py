@@ -181,11 +181,17 @@ def rank(target: Target, prompts: Iterable[PromptRecord], evidence: Iterable[Evi
 
 
 def _place(target: Target, prompt: PromptRecord, evidence: Evidence | None) -> Candidate:
-    spec, shape, recovery = prompt.spec, target.shape, prompt.recovery
-    ops = PythonOps.for_spec(
-        spec, target.rank_params, model=prompt.model, dataset=prompt.dataset, task=prompt.task, recovery=recovery,
-        version=prompt.version, name=prompt.name,
-    )
+    """A prompt trained on several compressions is placed by the one that ranks it best for ``target``."""
+    shape = target.shape
+    placements = []
+    for trained in prompt.trained_on:
+        ops = PythonOps.for_spec(
+            trained.spec, target.rank_params, model=prompt.model, dataset=prompt.dataset, task=prompt.task,
+            recovery=trained.recovery, version=prompt.version, name=prompt.name,
+        )
+        placements.append((tuple(rank_rules.order(shape, ops)), trained, ops))
+    metadata_key, trained, ops = min(placements, key=lambda placement: placement[0])
+    spec, recovery = trained.spec, trained.recovery
     other_model = prompt.model != target.model
     if evidence is not None:
         m = evidence.measurement
@@ -197,9 +203,11 @@ def _place(target: Target, prompt: PromptRecord, evidence: Evidence | None) -> C
         )
         sort_key = (tier, *rank_rules.preferences(shape, ops), -m.relative_gain, *rank_rules.by_recovery(ops))
     else:
-        sort_key = tuple(rank_rules.order(shape, ops))
+        sort_key = metadata_key
         tier = sort_key[0]
         reason = _explain(tier, target, spec, recovery, prompt.dataset)
+        if len(placements) > 1:
+            reason += f" (one of the {len(placements)} compressions it was trained on)"
     if other_model:
         reason += f"; learned on {prompt.model} (same tokenizer and hidden size): validate before use"
     if target.dataset and prompt.dataset != target.dataset and tier != MEASURED:

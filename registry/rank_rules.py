@@ -5,13 +5,16 @@ is how ``registry.matcher`` ranks; ``registry.db.ranking`` implements the same o
 resolve reads only the rows it shows in exactly the matcher's order. A change of order is a change here only; the
 interpreters are what ``tests/test_ranking_sql.py`` compares.
 
-Tier 1 (evidence measured on the very target) and tier 9 (rejected there) depend on evidence rows, which the
-resolver re-ranks in Python over the short list this order yields (``registry.resolver``).
+A prompt is ranked once per compression it was trained on (a multi-target prompt has several) and placed by the
+best of them: the SQL readers order ``prompt_target`` rows and keep each prompt's first row (``distinct_head``), the
+matcher takes the least sort key over the prompt's targets. Tier 1 (evidence measured on the very target) and tier 9
+(rejected there) depend on evidence rows, which the resolver re-ranks in Python over the short list this order yields
+(``registry.resolver``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +25,7 @@ QUANTIZERS = tuple(m for m, info in METHODS.items() if info.family == QUANTIZATI
 PRUNERS = tuple(m for m, info in METHODS.items() if info.family == PRUNING)
 
 V = TypeVar("V")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,23 @@ def order(shape: Shape, x: Ops[V]) -> list[V]:
 def own_exact_order(shape: Shape, x: Ops[V]) -> list[V]:
     """The order among the target model's own exact matches (tier and model already fixed)."""
     return preferences(shape, x)[1:] + by_recovery(x)
+
+
+def distinct_head(fetch: Callable[[int], list[R]], limit: int, key: Callable[[R], Any]) -> list[R]:
+    """The first ``limit`` distinct items of an ordered query that may repeat an item (a prompt once per target).
+
+    ``fetch(n)`` returns the first ``n`` rows; an item's first row is its best, so keeping first occurrences keeps
+    the order. Rows are fetched again, twice as many, only while repeats leave fewer than ``limit`` items.
+    """
+    size = limit
+    while True:
+        rows = fetch(size)
+        seen: dict[Any, R] = {}
+        for row in rows:
+            seen.setdefault(key(row), row)
+        if len(seen) >= limit or len(rows) < size:
+            return list(seen.values())[:limit]
+        size *= 2
 
 
 class PythonOps:

@@ -35,6 +35,18 @@ class BaseModelRecord:
 
 
 @dataclass(frozen=True)
+class TrainedTarget:
+    """One compression a prompt was trained on, with the gap it recovered there (None when not recorded)."""
+
+    compression: str
+    recovery: float | None
+
+    @property
+    def spec(self) -> CompressionSpec:
+        return parse_compression(self.compression)
+
+
+@dataclass(frozen=True)
 class PromptRecord:
     """One published prompt version as the registry knows it."""
 
@@ -66,6 +78,23 @@ class PromptRecord:
     @property
     def recovery(self) -> float | None:
         return gap_recovered(self.metrics)
+
+    def figures_on(self, compression: str) -> dict[str, Any]:
+        """The recorded figures on one of the compressions the prompt was trained on (``{}`` if none recorded)."""
+        per_target = self.metrics.get("targets")
+        if isinstance(per_target, dict) and per_target:
+            figures = per_target.get(compression)
+            return figures if isinstance(figures, dict) else {}
+        return self.metrics if compression == self.compression else {}
+
+    @property
+    def trained_on(self) -> tuple[TrainedTarget, ...]:
+        """Every compression the prompt was trained on (``compression`` first), read from its metrics."""
+        per_target = self.metrics.get("targets")
+        names = [self.compression]
+        if isinstance(per_target, dict):
+            names += [name for name in per_target if name != self.compression]
+        return tuple(TrainedTarget(name, gap_recovered(self.figures_on(name))) for name in names)
 
     @property
     def ref(self) -> str:

@@ -5,8 +5,8 @@ from two places and are only put side by side when they were measured on the sam
 
 * evidence: a validator measured a prompt on a compressed target; per (target, target identity, windows) the point
   is the latest measurement of every prompt and the prompted value is the best of them (what the matcher serves);
-* artifacts: a prompt's own training target, from its recorded metrics (the windows that also chose its best
-  training step, which the report says).
+* artifacts: a prompt's own training targets, from its recorded metrics (its test split; artifacts made before the
+  split into train/select/test were measured on windows that also chose their best step, which the report says).
 
 The uncompressed reference is the full model measured on those windows (recorded with evidence or in the artifact).
 A collapsed target (``registry.recovery.collapsed``) is flagged, and its gap recovered is not quoted.
@@ -15,9 +15,9 @@ A collapsed target (``registry.recovery.collapsed``) is flagged, and its gap rec
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .compression import QUANTIZATION, CompressionSpec, parse_compression
 from .identity import EvalData
@@ -157,23 +157,31 @@ def _artifact_windows(record: PromptRecord) -> EvalData | None:
     return windows if all(isinstance(v, str | int | None) for v in vars(windows).values()) else None
 
 
+def _artifact_caveat(windows: EvalData) -> str:
+    if windows.split == "test":
+        return "its test split, which chose nothing"
+    return f"{windows.split} windows, which also chose its best step"
+
+
 def _trained_targets(model: str, records: Iterable[PromptRecord]) -> list[ReportPoint]:
     """Each training target's figures from the artifacts: per (compression, windows), the prompt the matcher ranks
     first among those trained there (the exact match with the best recorded recovery)."""
     groups: dict[tuple[str, EvalData], list[PromptRecord]] = {}
     placed: dict[str, tuple[str, str, float]] = {}
     for record in records:
-        windows, metrics, where = _artifact_windows(record), record.metrics, placement(record.spec)
-        numbers = all(isinstance(metrics.get(k), int | float) for k in ("ppl_compressed", "ppl_prompted"))
-        if not record.deprecated and windows is not None and numbers and where is not None:
-            groups.setdefault((record.compression, windows), []).append(record)
-            placed[record.compression] = where
+        windows = _artifact_windows(record)
+        for trained in record.trained_on:
+            metrics, where = record.figures_on(trained.compression), placement(trained.spec)
+            numbers = all(isinstance(metrics.get(k), int | float) for k in ("ppl_compressed", "ppl_prompted"))
+            if not record.deprecated and windows is not None and numbers and where is not None:
+                groups.setdefault((trained.compression, windows), []).append(record)
+                placed[trained.compression] = where
     points = []
     for (compression, windows), group in groups.items():
         spec = parse_compression(compression)
         panel, series, x = placed[compression]
         best = rank(Target.for_spec(model, spec), group)[0]
-        metrics = best.prompt.metrics
+        metrics = best.prompt.figures_on(compression)
         full = metrics.get("ppl_full")
         points.append(ReportPoint(
             target=spec.canonical, panel=panel, series=series, x=x, eval_key=windows.key,
@@ -181,7 +189,7 @@ def _trained_targets(model: str, records: Iterable[PromptRecord]) -> list[Report
             ppl_full=float(full) if isinstance(full, int | float) else None,
             ppl_compressed=float(metrics["ppl_compressed"]), ppl_prompted=float(metrics["ppl_prompted"]),
             prompt=best.prompt.ref, served=True, source=FROM_ARTIFACT,
-            explanation=f"{best.explanation}; figures from the artifact (these windows also chose its best step)",
+            explanation=f"{best.explanation}; figures from the artifact ({_artifact_caveat(windows)})",
             measurements=len(group),
         ))
     return points
@@ -202,6 +210,13 @@ def gap_cells(row: HasGaps) -> tuple[str, str]:
     if row.collapsed:
         return "collapsed", "collapsed"
     return _percent(row.gap_recovered), _percent(row.log_gap_recovered)
+
+
+def figure_gap_cells(figures: Mapping[str, Any]) -> tuple[str, str]:
+    """``gap_cells`` of measured figures (``ppl_full``, ``ppl_compressed``, ``ppl_prompted``)."""
+    if collapsed(figures["ppl_full"], figures["ppl_compressed"]):
+        return "collapsed", "collapsed"
+    return _percent(gap_recovered(figures)), _percent(log_gap_recovered(figures))
 
 
 def table_rows(points: list[ReportPoint]) -> list[list[str]]:

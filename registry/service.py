@@ -144,6 +144,11 @@ class Registry:
             training=meta.training,
             created_at=datetime.now(UTC), created_by=self.user, deprecated=False,
         )
+        targets = [
+            dict(compression=target.canonical, method=target.method, bits=target.bits, sparsity=target.sparsity,
+                 group_size=target.group_size, recovery=gap_recovered(meta.target_metrics(target)))
+            for target in meta.trained_on
+        ]
         with self.db.session(write=True) as session:
             model = self._known_models.get(meta.model)
             if model is None or model.id is None:
@@ -153,7 +158,7 @@ class Registry:
                 model = crud.get_base_model(session, name=meta.model)
                 assert model is not None and model.id is not None
             values["base_model_id"] = model.id
-            record, created = crud.insert_next_version(session, values=values, model=model)
+            record, created = crud.insert_next_version(session, values=values, model=model, targets=targets)
             if created:
                 crud.refresh_latest(session, name=name)
             if alias:

@@ -33,12 +33,19 @@ def metadata(
     hidden: int = 8,
     metrics: dict | None = None,
     task: str | None = None,
+    targets: dict[str, dict] | None = None,
 ) -> PromptMetadata:
+    """``targets``: a multi-target prompt's figures per compression (``compression`` among them)."""
+    metrics = metrics if metrics is not None else {"ppl_full": 20.0, "ppl_compressed": 40.0, "ppl_prompted": 30.0}
+    specs: tuple = ()
+    if targets:
+        names = [compression, *(name for name in targets if name != compression)]
+        specs = tuple(parse_compression(name) for name in names)
+        metrics = {**targets.get(compression, {}), "targets": targets}
     return PromptMetadata(
         model=model, model_fingerprint=fp, compression=parse_compression(compression), dataset=dataset,
         num_virtual_tokens=tokens, hidden_size=hidden, task=task,
-        training={"steps": 10, "lr": 0.01, "seed": 0},
-        metrics=metrics if metrics is not None else {"ppl_full": 20.0, "ppl_compressed": 40.0, "ppl_prompted": 30.0},
+        training={"steps": 10, "lr": 0.01, "seed": 0}, metrics=metrics, targets=specs,
     )
 
 
@@ -82,19 +89,25 @@ RANKING_TARGETS = [
 ]
 
 
+def _random_metrics(rng: random.Random) -> dict:
+    full = 20.0
+    compressed = full + rng.choice([0.0, 10.0, 40.0])
+    prompted = compressed - rng.random() * (compressed - full + 1)
+    return rng.choice([{}, {"ppl_full": full, "ppl_compressed": compressed, "ppl_prompted": prompted}])
+
+
 def populate_for_ranking(registry: Registry, rng: random.Random) -> None:
-    """240 prompts over three models (two share a fingerprint), every kind of compression, some deprecated: the
-    registry the ranking tests compare the SQL paths with the matcher on."""
+    """240 prompts over three models (two share a fingerprint), every kind of compression, one in five trained on
+    2-4 compressions at once, some deprecated: the registry the ranking tests compare the SQL paths with the matcher
+    on."""
     models = [("m", FP_A), ("m-chat", FP_A), ("other", FP_B)]
     for i in range(240):
         model, fp = rng.choice(models)
-        full = 20.0
-        compressed = full + rng.choice([0.0, 10.0, 40.0])
-        prompted = compressed - rng.random() * (compressed - full + 1)
-        metrics = rng.choice([{}, {"ppl_full": full, "ppl_compressed": compressed, "ppl_prompted": prompted}])
+        compressions = rng.sample(RANKING_COMPRESSIONS, rng.choice([1, 1, 1, 1, 2, 3, 4]))
+        targets = {name: _random_metrics(rng) for name in compressions} if len(compressions) > 1 else None
         data = artifact_bytes(
-            seed=i, model=model, fp=fp, compression=rng.choice(RANKING_COMPRESSIONS),
-            dataset=rng.choice(["wiki", "news"]), metrics=metrics, task=rng.choice([None, "qa"]),
+            seed=i, model=model, fp=fp, compression=compressions[0], dataset=rng.choice(["wiki", "news"]),
+            metrics=_random_metrics(rng), task=rng.choice([None, "qa"]), targets=targets,
         )
         registry.publish_bytes(data, name=f"{model}/p{rng.randint(0, 30)}")
     for record in rng.sample(registry.list_prompts(), 25):

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Select, bindparam, delete, func, or_, select
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, update
 from sqlmodel import Session
 
 from ..errors import Conflict, DatabaseError, NotFound
@@ -22,14 +22,16 @@ from ..identity import LEGACY as LEGACY_KEY
 from ..identity import EvalData
 from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from ..matcher import Target
+from ..rank_rules import distinct_head
 from ..refs import LATEST, PromptRef
 from . import ranking
-from .models import AliasRow, BaseModelRow, PromptRow, TransferResultRow, utcnow
+from .models import AliasRow, BaseModelRow, PromptRow, PromptTargetRow, TransferResultRow, utcnow
 
 MAX_VERSION_ATTEMPTS = 200
 _prompt = PromptRow.__table__
 _alias = AliasRow.__table__
 _base = BaseModelRow.__table__
+_target = PromptTargetRow.__table__
 
 
 def _insert(session: Session, table):  # type: ignore[no-untyped-def]
@@ -148,9 +150,10 @@ def find_by_content(session: Session, *, name: str, sha256: str) -> PromptRecord
 
 
 def insert_next_version(
-    session: Session, *, values: dict[str, Any], model: BaseModelRecord
+    session: Session, *, values: dict[str, Any], model: BaseModelRecord, targets: Sequence[dict[str, Any]]
 ) -> tuple[PromptRecord, bool]:
-    """Insert a prompt row as the next version of its name; return ``(record, created)``.
+    """Insert a prompt row as the next version of its name, with a ``prompt_target`` row per compression it was
+    trained on (``targets``: compression, method, bits, sparsity, group_size, recovery); return ``(record, created)``.
 
     ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a lost race on (name, version) or a duplicate (name, sha256)
     returns no row instead of aborting the transaction, so no savepoint is needed. Idempotent: the same content
@@ -167,6 +170,9 @@ def insert_next_version(
     for attempt in range(MAX_VERSION_ATTEMPTS):
         inserted = session.execute(statement).first()
         if inserted is not None:
+            shared = {"prompt_id": inserted.id, "version": inserted.version, "deprecated": False,
+                      **{key: values[key] for key in ("base_model_id", "dataset", "task", "name")}}
+            session.execute(insert(_target), [{**shared, **target} for target in targets])
             row = {**values, "id": inserted.id, "version": inserted.version, "model_name": model.name,
                    "model_fingerprint": model.fingerprint}
             return _to_record(SimpleNamespace(**row)), True
@@ -274,12 +280,20 @@ def list_prompts(
 
 def top_prompts(session: Session, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]:
     """The first ``limit`` candidates in the matcher's metadata order, read without scanning the whole class."""
-    shape, params = ranking.shape_and_params(target, model_id, fingerprint, limit)
-    found = _records(session, ranking.own_exact_statement(_RECORD_QUERY, shape), with_aliases=False, params=params)
-    if len(found) < limit:
-        statement = ranking.class_statement(_RECORD_QUERY, shape)
-        found = _records(session, statement, with_aliases=False, params=params)
-    return found
+    def rows(statement: Select, size: int) -> list[PromptRecord]:
+        _, params = ranking.shape_and_params(target, model_id, fingerprint, size)
+        return _records(session, statement, with_aliases=False, params=params)
+
+    own = ranking.own_exact_statement(_RECORD_QUERY, target.shape)
+    found = distinct_head(lambda size: rows(own, size), limit, key=_record_id)
+    if len(found) >= limit:
+        return found
+    whole = ranking.class_statement(_RECORD_QUERY, target.shape)
+    return distinct_head(lambda size: rows(whole, size), limit, key=_record_id)
+
+
+def _record_id(record: PromptRecord) -> int:
+    return record.id
 
 
 class Reads(Protocol):
@@ -327,6 +341,7 @@ def deprecate(session: Session, *, prompt: PromptRecord) -> None:
         raise NotFound(f"{prompt.ref} disappeared")
     row.deprecated = True
     session.add(row)
+    session.execute(update(_target).where(_target.c.prompt_id == prompt.id).values(deprecated=True))
     session.flush()
     refresh_latest(session, name=prompt.name)
 

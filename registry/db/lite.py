@@ -23,14 +23,14 @@ from .. import rank_rules
 from ..compression import FULL_PRECISION_BITS
 from ..identity import LEGACY, EvalData
 from ..matcher import Target
-from ..rank_rules import Shape
+from ..rank_rules import Shape, distinct_head
 from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .revision import SCHEMA_REVISION
 
 _COLUMNS = {
-    "model": "p.base_model_id", "method": "p.method", "bits": "p.bits", "group_size": "p.group_size",
-    "sparsity": "p.sparsity", "dataset": "p.dataset", "task": "p.task", "recovery": "p.recovery",
-    "version": "p.version", "name": "p.name",
+    "model": "t.base_model_id", "method": "t.method", "bits": "t.bits", "group_size": "t.group_size",
+    "sparsity": "t.sparsity", "dataset": "t.dataset", "task": "t.task", "recovery": "t.recovery",
+    "version": "t.version", "name": "t.name",
 }
 _RECORD = (
     "SELECT p.id, p.name, p.version, b.name AS model_name, b.fingerprint AS model_fingerprint, p.compression,"
@@ -92,7 +92,7 @@ class TextOps:
         return Sql(f"(CASE {branches} ELSE {self._value(otherwise)} END)")
 
     def severity(self) -> Sql:
-        return Sql(f"(coalesce(p.bits, {FULL_PRECISION_BITS}) * (1.0 - coalesce(p.sparsity, 0.0)))")
+        return Sql(f"(coalesce(t.bits, {FULL_PRECISION_BITS}) * (1.0 - coalesce(t.sparsity, 0.0)))")
 
     def distance(self, left: Sql, right: Sql) -> Sql:
         return Sql(f"abs({left} - {right})")
@@ -112,9 +112,10 @@ def _statements(shape: Shape) -> tuple[str, str, dict[str, Any]]:
     exact = rank_rules.exact(shape, ops)
     own_order = ", ".join(rank_rules.own_exact_order(shape, ops))
     class_order = ", ".join(rank_rules.order(shape, ops))
-    own = (f"{_RECORD} WHERE p.id IN (SELECT p.id FROM prompt AS p WHERE p.base_model_id = :t_model AND {exact}"
-           f" AND p.deprecated = 0 ORDER BY {own_order} LIMIT :limit) ORDER BY {own_order}")
-    whole = f"{_RECORD} WHERE b.fingerprint = :fingerprint AND p.deprecated = 0 ORDER BY {class_order} LIMIT :limit"
+    ranked = f"{_RECORD} JOIN prompt_target AS t ON t.prompt_id = p.id"
+    own = (f"{ranked} WHERE t.id IN (SELECT t.id FROM prompt_target AS t WHERE t.base_model_id = :t_model AND {exact}"
+           f" AND t.deprecated = 0 ORDER BY {own_order} LIMIT :limit) ORDER BY {own_order}")
+    whole = f"{ranked} WHERE b.fingerprint = :fingerprint AND t.deprecated = 0 ORDER BY {class_order} LIMIT :limit"
     return own, whole, ops.params
 
 
@@ -198,9 +199,14 @@ class SqliteReader:
         """``crud.top_prompts``: the head of the metadata order (the own exact matches when they fill it)."""
         own, whole, constants = _statements(target.shape)
         params = {**{f"t_{k}": v for k, v in target.rank_params.items()}, "t_model": model_id, **constants,
-                  "fingerprint": fingerprint, "limit": limit}
-        found = self._records(own, params)
-        return found if len(found) >= limit else self._records(whole, params)
+                  "fingerprint": fingerprint}
+
+        def head(sql: str) -> list[PromptRecord]:
+            return distinct_head(lambda size: self._records(sql, {**params, "limit": size}), limit,
+                                 key=lambda record: record.id)
+
+        found = head(own)
+        return found if len(found) >= limit else head(whole)
 
     def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]:
         if not ids:

@@ -39,10 +39,7 @@ class PromptRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_prompt_name_version"),
         UniqueConstraint("name", "sha256", name="uq_prompt_name_sha256"),
-        Index(
-            "ix_prompt_rank", "base_model_id", "method", "bits", "deprecated", "sparsity", "group_size", "dataset",
-            "task", "recovery", "version", "name",
-        ),
+        Index("ix_prompt_model_method_bits", "base_model_id", "method", "bits"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -67,6 +64,40 @@ class PromptRow(SQLModel, table=True):
     training: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _timestamp()
     created_by: str = Field(max_length=128)
+    deprecated: bool = False
+
+
+class PromptTargetRow(SQLModel, table=True):
+    """One compression a prompt was trained on, with its recorded recovery there: the rows resolve ranks.
+
+    A single-target prompt has one row (its own compression); a multi-target prompt one per target, so for each
+    listed target it ranks as an exact match by its recovery on that very target (DESIGN §12). The prompt's ranking
+    columns (model, dataset, task, version, name, deprecated) are copied in so that the ranking reads this table's
+    index alone; ``deprecated`` is updated with the prompt's.
+    """
+
+    __tablename__ = "prompt_target"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "compression", name="uq_prompt_target"),
+        Index(
+            "ix_prompt_target_rank", "base_model_id", "method", "bits", "deprecated", "sparsity", "group_size",
+            "dataset", "task", "recovery", "version", "name", "prompt_id",
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(sa_column=Column(Integer, ForeignKey("prompt.id"), nullable=False, index=True))
+    base_model_id: int = Field(sa_column=Column(Integer, ForeignKey("base_model.id"), nullable=False))
+    compression: str = Field(max_length=128)
+    method: str = Field(max_length=32)
+    bits: int | None = None
+    sparsity: float | None = None
+    group_size: int | None = None
+    recovery: float | None = None
+    dataset: str = Field(max_length=256)
+    task: str | None = Field(default=None, max_length=256)
+    version: int
+    name: str = Field(max_length=512)
     deprecated: bool = False
 
 

@@ -1,10 +1,11 @@
 """The matcher's metadata order (``registry.rank_rules``) compiled to SQL, so resolve reads only the rows it shows.
 
-``SqlOps`` implements the rules' operations over the prompt table's columns; the statements below return the first
-``limit`` prompts of the fingerprint class in exactly the order ``matcher.rank`` gives without evidence. The resolver
-re-ranks that short list together with the prompts that have evidence, which yields the exact top of the full
-ranking. When the target model's own exact matches fill the list, one query on the (base_model_id, method, bits,
-deprecated) index answers; otherwise one query orders the whole class.
+``SqlOps`` implements the rules' operations over the ``prompt_target`` table's columns (one row per compression a
+prompt was trained on); the statements below return the first ``limit`` rows of the fingerprint class in exactly
+the order ``matcher.rank`` gives without evidence, and the caller keeps each prompt's first row
+(``rank_rules.distinct_head``). The resolver re-ranks that short list together with the prompts that have evidence,
+which yields the exact top of the full ranking. When the target model's own exact matches fill the list, one query
+on the (base_model_id, method, bits, deprecated) index answers; otherwise one query orders the whole class.
 
 Statements depend only on the target's *shape* (which fields are set), are built once per shape and take the
 values as bound parameters, so SQLAlchemy's compiled-statement cache serves repeated resolves.
@@ -24,12 +25,14 @@ from .. import rank_rules
 from ..compression import FULL_PRECISION_BITS
 from ..matcher import Target
 from ..rank_rules import Shape
-from .models import BaseModelRow, PromptRow
+from .models import BaseModelRow, PromptRow, PromptTargetRow
 
 _prompt = PromptRow.__table__.c
+_target_table = PromptTargetRow.__table__
+_target = _target_table.c
 _base = BaseModelRow.__table__.c
-_COLUMNS = {"model": _prompt.base_model_id} | {
-    name: _prompt[name]
+_COLUMNS = {"model": _target.base_model_id} | {
+    name: _target[name]
     for name in ("method", "bits", "group_size", "sparsity", "dataset", "task", "recovery", "version", "name")
 }
 _PARAM_TYPES = {
@@ -86,7 +89,7 @@ class SqlOps:
         return case(*((condition, _value(then)) for condition, then in whens), else_=_value(otherwise))
 
     def severity(self) -> ColumnElement:
-        return func.coalesce(_prompt.bits, FULL_PRECISION_BITS) * (1.0 - func.coalesce(_prompt.sparsity, 0.0))
+        return func.coalesce(_target.bits, FULL_PRECISION_BITS) * (1.0 - func.coalesce(_target.sparsity, 0.0))
 
     def distance(self, left: ColumnElement, right: ColumnElement) -> ColumnElement:
         return func.abs(left - right)
@@ -102,17 +105,22 @@ _SQL = SqlOps()
 def own_exact_statement(base: Select, shape: Shape) -> Select:
     """The target model's own exact matches, best first (tier 2, same model: the head of the ranking).
 
-    The inner query picks the ids from the ``ix_prompt_rank`` index alone (every column it reads is in it), so only
-    the ``limit`` rows served are read from the table.
+    The inner query picks the rows from the ``ix_prompt_target_rank`` index alone (every column it reads is in it),
+    so only the ``limit`` prompts served are read from the prompt table.
     """
-    where = and_(_prompt.base_model_id == _param("model"), rank_rules.exact(shape, _SQL), _prompt.deprecated.is_(False))
+    where = and_(_target.base_model_id == _param("model"), rank_rules.exact(shape, _SQL), _target.deprecated.is_(False))
     order = rank_rules.own_exact_order(shape, _SQL)
-    head = select(_prompt.id).where(where).order_by(*order).limit(_param("limit"))
-    return base.where(_prompt.id.in_(head)).order_by(*order)
+    head = select(_target.id).where(where).order_by(*order).limit(_param("limit"))
+    return _ranked(base).where(_target.id.in_(head)).order_by(*order)
 
 
 @lru_cache(maxsize=512)
 def class_statement(base: Select, shape: Shape) -> Select:
     """The whole fingerprint class in ranking order."""
-    where = and_(_base.fingerprint == _param("fingerprint"), _prompt.deprecated.is_(False))
-    return base.where(where).order_by(*rank_rules.order(shape, _SQL)).limit(_param("limit"))
+    where = and_(_base.fingerprint == _param("fingerprint"), _target.deprecated.is_(False))
+    return _ranked(base).where(where).order_by(*rank_rules.order(shape, _SQL)).limit(_param("limit"))
+
+
+def _ranked(base: Select) -> Select:
+    """The prompt records, once per compression each was trained on."""
+    return base.join(_target_table, _target.prompt_id == _prompt.id)
