@@ -74,7 +74,7 @@ def texts(count: int) -> list[str]:
     """Opening sentences of the packaged news corpus: real, varied prompts of 20-40 tokens."""
     from ctpreg.trainer.data import load_corpus
 
-    documents = load_corpus("news").split()[1]
+    documents = load_corpus("news").split().test
     return [" ".join(doc.split()[:24]) for doc in (documents * (count // len(documents) + 1))[:count]]
 
 

@@ -2,8 +2,8 @@
 
 Both train a prompt with the same init, optimizer, schedule, batches and precision (bf16 autocast where the CPU has
 it); the only difference is the forward pass: ctpreg runs the LM head on scored positions only, PEFT
-(``PromptTuningConfig``) on every position, prompt included. Final quality is compared on the same validation windows
-with the same scorer (scored tokens only), so the losses are comparable.
+(``PromptTuningConfig``) on every position, prompt included. Final quality is compared on the same select-split
+windows with the same scorer (scored tokens only), so the losses are comparable.
 
     python bench/train_throughput.py --model smollm2-135m --method gptq --bits 3 --steps 20
 """
@@ -75,7 +75,7 @@ def main() -> int:
         loaded, CompressConfig(spec, calibration=args.dataset, calibration_windows=args.calibration_windows), home
     ).model
     windows = make_windows(
-        loaded.tokenizer, load_corpus(args.dataset), seq_len=args.seq_len, max_validation=args.eval_windows
+        loaded.tokenizer, load_corpus(args.dataset), seq_len=args.seq_len, max_select=args.eval_windows, max_test=1
     )
     config = TrainConfig(num_tokens=args.num_tokens, steps=args.steps, batch_size=args.batch_size, warmup_steps=2)
     init = init_from_vocabulary(model, args.num_tokens, seed=config.seed)
@@ -94,16 +94,16 @@ def main() -> int:
         lambda batch: peft_model(input_ids=batch, labels=batch).loss, embedding, windows.train, config
     )
 
-    ours_ppl = perplexity(model, windows.validation, prompt=ours.detach()).ppl
-    peft_ppl = perplexity(model, windows.validation, prompt=embedding.detach().float()).ppl
-    baseline = perplexity(model, windows.validation).ppl
+    ours_ppl = perplexity(model, windows.select, prompt=ours.detach()).ppl
+    peft_ppl = perplexity(model, windows.select, prompt=embedding.detach().float()).ppl
+    baseline = perplexity(model, windows.select).ppl
     print(f"\n{args.model} {spec.canonical}, {args.num_tokens}-token prompt, batch {args.batch_size}x{args.seq_len}, "
           f"{args.steps} steps, "
           f"{'bf16 autocast' if uses_autocast(config, torch.device('cpu')) else 'fp32 (no native bf16 on this CPU)'}; "
-          f"validation: {windows.validation.shape[0]} {args.dataset} windows, "
+          f"select split: {windows.select.shape[0]} {args.dataset} windows, "
           f"scored tokens only (no prompt: ppl {baseline:.2f})\n")
     print(markdown_table(
-        ["trainer", "s/step", "tokens/s", "last train loss", "val ppl after training"],
+        ["trainer", "s/step", "tokens/s", "last train loss", "select ppl after training"],
         [["ctpreg", f"{ours_step:.2f}", f"{tokens_per_step / ours_step:.0f}", f"{ours_loss:.3f}", f"{ours_ppl:.2f}"],
          ["PEFT PromptTuning", f"{peft_step:.2f}", f"{tokens_per_step / peft_step:.0f}", f"{peft_loss:.3f}",
           f"{peft_ppl:.2f}"],

@@ -238,7 +238,7 @@ def attach(
 
     ``model_name`` picks the base model when several registered ones share the fingerprint; ``method`` names the
     pruner when a pruned checkpoint does not record it. ``validate=True`` needs ``texts`` (for a packaged corpus's
-    validation documents: ``ctpreg.trainer.data.load_corpus("news").split()[1]``).
+    select documents, the split meant for decisions: ``ctpreg.trainer.data.load_corpus("news").split().select``).
     """
     from .client import Client
 
@@ -247,8 +247,8 @@ def attach(
     validator = None
     if validate:
         if texts is None:
-            raise InvalidInput("validate=True needs texts=[...] to measure on, e.g. the validation documents "
-                               "ctpreg.trainer.data.load_corpus('news').split()[1]")
+            raise InvalidInput("validate=True needs texts=[...] to measure on, e.g. the select documents "
+                               "ctpreg.trainer.data.load_corpus('news').split().select")
         validator = InMemoryValidator(
             model, tokenizer, list(texts), described, seq_len=seq_len, max_windows=max_windows
         )

@@ -69,6 +69,37 @@ def test_train_publish_then_eval_with_the_published_prompt(model_dir, tmp_path, 
         assert evaluated[key] * 3 == pytest.approx(round(evaluated[key] * 3)), evaluated[key]
 
 
+def test_one_prompt_trained_across_targets_resolves_as_exact_for_each(model_dir, tmp_path, capsys, cli_env) -> None:
+    corpus = text_file(tmp_path)
+    out = tmp_path / "multi.safetensors"
+    code, stdout, err = run(
+        capsys, "train", "--model", "tiny-llama", "--model-path", str(model_dir), "--targets",
+        "gptq-w4-g32,magnitude-s50", "--dataset", str(corpus), "--calibration", str(corpus), "-o", str(out),
+        "--publish", "--json", *TRAIN,
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert list(report["targets"]) == ["gptq-w4-g32", "magnitude-s50"]
+    assert report["eval_data"]["split"] == "test"
+    meta = read_artifact(out)[0].metadata
+    assert [s.canonical for s in meta.trained_on] == ["gptq-w4-g32", "magnitude-s50"]
+    for name, figures in meta.metrics["targets"].items():
+        assert figures["ppl_full"] == report["ppl_full"] and figures["ppl_compressed"] > 1, name
+    assert meta.metrics["targets"]["gptq-w4-g32"]["ppl_compressed"] != meta.metrics["targets"]["magnitude-s50"][
+        "ppl_compressed"], "each target measured on its own compressed model"
+    for args in (["--method", "gptq", "--bits", "4", "--group-size", "32"],
+                 ["--method", "magnitude", "--sparsity", "0.5"]):
+        code, stdout, err = run(capsys, "resolve", "--model", "tiny-llama", *args, "--json")
+        assert code == 0, err
+        assert json.loads(stdout)[0]["ref"] == report["published"] and json.loads(stdout)[0]["tier"] == 2
+    code, _, err = run(capsys, "train", "--model", "tiny-llama", "--model-path", str(model_dir), "--targets",
+                       "gptq-w4-g32", "--method", "gptq", "-o", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "drop --method" in err
+    code, _, err = run(capsys, "train", "--model", "tiny-llama", "-o", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "give --method" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -77,13 +108,16 @@ def test_train_publish_then_eval_with_the_published_prompt(model_dir, tmp_path, 
         (["--method", "sparsegpt", "--sparsity", "1.2"], "sparsity must lie strictly between 0 and 1"),
         (["--method", "magnitude", "--sparsity", "0.5", "--dataset", "/nonexistent/x.txt"], "does not exist"),
         (["--method", "magnitude", "--sparsity", "0.5", "--dataset", "SHORT"], "fewer than one window"),
+        (["--method", "magnitude", "--sparsity", "0.5", "--dataset", "FEW"], "test need at least 10"),
         (["--method", "none", "--model-path", "/nonexistent/model.gguf"], "does not exist"),
     ],
 )
 def test_bad_trainer_input_is_a_clear_error(model_dir, tmp_path, capsys, cli_env, args, message) -> None:
     short = tmp_path / "short.txt"
-    short.write_text("too short")
-    args = [str(short) if a == "SHORT" else a for a in args]
+    short.write_text("\n\n".join(f"too short {i}" for i in range(10)))
+    few = tmp_path / "few.txt"
+    few.write_text("one document")
+    args = [{"SHORT": str(short), "FEW": str(few)}.get(a, a) for a in args]
     base = ["train", "--model", "tiny-llama", "--model-path", str(model_dir), "-o", str(tmp_path / "p.safetensors"),
             "--seq-len", "256", "--device", "cpu"]
     code, stdout, err = run(capsys, *base, *args)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ctpreg.registry.errors import InvalidInput
-from ctpreg.trainer.data import load_corpus, make_windows
+from ctpreg.trainer.data import load_corpus, make_windows, split_windows
 from ctpreg.trainer.evaluate import perplexity
-from ctpreg.trainer.prompt import init_from_vocabulary, mean_nll, token_nll
+from ctpreg.trainer.prompt import init_from_vocabulary, kl_to_teacher, mean_nll, prompt_loss, token_nll
 from ctpreg.trainer.train import TrainConfig, get_batch, get_lr, train_prompt
 from tiny import text_file, tiny_llama
 
@@ -81,12 +81,12 @@ def test_batches_cover_every_window_each_epoch() -> None:
     assert sorted(seen) == list(range(10))
 
 
-def test_training_lowers_validation_perplexity(tmp_path: Path) -> None:
+def test_training_lowers_select_perplexity(tmp_path: Path) -> None:
     tiny = tiny_llama(seed=2)
     windows = make_windows(tiny.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=32)
     config = TrainConfig(num_tokens=4, steps=40, lr=0.05, warmup_steps=2, eval_every=20, autocast_bf16=False)
     result = train_prompt(tiny.model, windows, config)
-    assert result.best_val_ppl < 0.95 * result.initial_val_ppl
+    assert result.best_select_ppl < 0.95 * result.initial_select_ppl
     assert [h["step"] for h in result.history] == [0, 20, 40]
 
 
@@ -117,7 +117,7 @@ def test_resume_continues_to_the_same_prompt(tmp_path: Path) -> None:
         train_module.get_lr = original
     resumed = train_prompt(tiny.model, windows, interrupted, checkpoint=partial, resume=True)
     torch.testing.assert_close(resumed.prompt, straight.prompt, rtol=1e-5, atol=1e-6)
-    assert resumed.best_val_ppl == pytest.approx(straight.best_val_ppl, rel=1e-5)
+    assert resumed.best_select_ppl == pytest.approx(straight.best_select_ppl, rel=1e-5)
 
 
 def test_resume_refuses_a_checkpoint_from_another_config(tmp_path: Path) -> None:
@@ -133,13 +133,19 @@ def test_resume_refuses_a_checkpoint_from_another_config(tmp_path: Path) -> None
 def test_windows_split_by_document_and_fail_on_short_text(tmp_path: Path) -> None:
     tiny = tiny_llama()
     corpus = load_corpus(str(text_file(tmp_path, documents=30)))
-    train_docs, validation_docs = corpus.split()
-    assert len(validation_docs) == 3 and not set(train_docs) & set(validation_docs)
-    windows = make_windows(tiny.tokenizer, corpus, seq_len=32)
-    assert windows.train.shape[1] == windows.validation.shape[1] == 32
-    assert len(windows.data_hash) == 64
+    splits = corpus.split()
+    assert (len(splits.train), len(splits.select), len(splits.test)) == (24, 3, 3)
+    assert sorted(splits.train + splits.select + splits.test) == sorted(corpus.documents)
+    windows = make_windows(tiny.tokenizer, corpus, seq_len=32, max_test=2)
+    assert windows.train.shape[1] == windows.select.shape[1] == windows.test.shape[1] == 32
+    assert windows.test.shape[0] == 2 and len(windows.data_hash) == 64
+    torch.testing.assert_close(windows.test, split_windows(tiny.tokenizer, corpus, "test", seq_len=32, limit=2))
+    few = tmp_path / "few.txt"
+    few.write_text("\n\n".join(f"document {i}" for i in range(9)))
+    with pytest.raises(InvalidInput, match="train, select and test need at least 10"):
+        load_corpus(str(few)).split()
     short = tmp_path / "short.txt"
-    short.write_text("only a few words\n\nand another")
+    short.write_text("\n\n".join(f"only a few words {i}" for i in range(10)))
     with pytest.raises(InvalidInput, match="fewer than one window of 256"):
         make_windows(tiny.tokenizer, load_corpus(str(short)), seq_len=256)
     with pytest.raises(InvalidInput, match="does not exist"):
@@ -207,3 +213,44 @@ def test_prompted_forward_loss_is_the_scored_token_mean_of_the_trainer() -> None
         loss = PromptedModel(loaded.model, prompt)(ids, labels=ids).loss
         expected = token_nll(loaded.model, ids, prompt).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_kd_loss_is_the_kl_divergence_from_the_teacher_computed_by_hand() -> None:
+    student, teacher = tiny_llama(seed=3), tiny_llama(seed=4)
+    ids = torch.randint(3, student.vocab_size, (2, 9))
+    prompt = torch.randn(4, student.hidden_size)
+    with torch.no_grad():
+        s_logits = student.model(
+            inputs_embeds=torch.cat([prompt.expand(2, -1, -1), student.model.get_input_embeddings()(ids)], dim=1)
+        ).logits[:, 4:-1].double()
+        t_logits = teacher.model(input_ids=ids).logits[:, :-1].double()
+    p_teacher = t_logits.softmax(-1)
+    by_hand = (p_teacher * (p_teacher.log() - s_logits.log_softmax(-1))).sum(-1).mean()  # 2 x 8 scored positions
+    kd = prompt_loss(student.model, ids, prompt, loss="kd", teacher=teacher.model)
+    assert float(kd) == pytest.approx(float(by_hand), rel=1e-4)
+    ce = float(mean_nll(student.model, ids, prompt))
+    both = prompt_loss(student.model, ids, prompt, loss="ce+kd", teacher=teacher.model)
+    assert float(both) == pytest.approx(float(by_hand) + ce, rel=1e-4)
+    assert float(kl_to_teacher(t_logits, t_logits)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(InvalidInput, match="needs the uncompressed model"):
+        prompt_loss(student.model, ids, prompt, loss="kd")
+    with pytest.raises(InvalidInput, match="unknown loss"):
+        TrainConfig(loss="mse")
+
+
+def test_kd_training_moves_the_prompted_model_towards_the_teacher(tmp_path: Path) -> None:
+    student, teacher = tiny_llama(seed=5), tiny_llama(seed=6)
+    windows = make_windows(student.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=32)
+    config = TrainConfig(num_tokens=4, steps=30, lr=0.05, warmup_steps=2, eval_every=30, autocast_bf16=False,
+                         loss="kd")
+    with pytest.raises(InvalidInput, match="needs the uncompressed model"):
+        train_prompt(student.model, windows, config)
+    train_prompt(student.model, windows, config, teacher=teacher.model, checkpoint=tmp_path / "kd.ckpt")
+    from safetensors.torch import load_file
+
+    last = load_file(str(tmp_path / "kd.ckpt"))["prompt"]  # where training ended (the best-on-select may be step 0)
+    start = init_from_vocabulary(student.model, 4, seed=config.seed)
+    with torch.no_grad():
+        before = float(prompt_loss(student.model, windows.test, start, loss="kd", teacher=teacher.model))
+        after = float(prompt_loss(student.model, windows.test, last, loss="kd", teacher=teacher.model))
+    assert after < 0.95 * before, (before, after)  # measured: 0.0251 -> 0.0228

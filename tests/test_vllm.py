@@ -216,7 +216,7 @@ def test_perplexity_through_vllm_agrees_with_ctpreg_evaluation(served: dict, ser
     from ctpreg.registry.prompted import cut_windows, perplexity_sums
     from ctpreg.trainer.data import load_corpus
 
-    windows = cut_windows(served["tokenizer"], load_corpus("news").split()[1], 48, 2, "news validation")
+    windows = cut_windows(served["tokenizer"], load_corpus("news").split().test, 48, 2, "news test")
     scored = windows.shape[0] * (windows.shape[1] - 1)
     ours_bare, _ = perplexity_sums(served["model"], windows, None)
     ours_prompted, _ = perplexity_sums(served["model"], windows, served["prompted"].prompt)

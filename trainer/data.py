@@ -1,4 +1,4 @@
-"""Text corpora → token windows, split into train and validation by document.
+"""Text corpora → token windows, split by document into train, select and test.
 
 Sources:
 - ``wiki``: 206 Wikipedia pages shipped in the gensim wheel (markup stripped with gensim's ``filter_wiki``, then
@@ -6,9 +6,10 @@ Sources:
 - ``news``: the Lee corpus of 300 ABC news articles, also in the gensim wheel;
 - a local ``.txt`` (documents separated by blank lines) or ``.jsonl`` (one ``{"text": ...}`` per line) file;
 - ``wikitext2``, ``c4``, ``ptb`` through ``datasets`` (for users with a hub; nothing is fetched for the others).
-Every 10th document goes to validation, so both splits span the corpus and no document straddles them. Each
-split's documents are joined with the EOS token and cut into non-overlapping windows of ``seq_len`` tokens. A capped
-validation set takes evenly spaced windows, so a few long documents cannot dominate it.
+Of every ten documents, eight train (gradients and calibration), one selects (best step, early stopping, which
+prompt to serve) and one tests (every figure a user sees), so each split spans the corpus and no document straddles
+two. Each split's documents are joined with the EOS token and cut into non-overlapping windows of ``seq_len``
+tokens. A capped select or test set takes evenly spaced windows, so a few long documents cannot dominate it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import json
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ctpreg.registry.errors import InvalidInput, MissingExtra
 from ctpreg.registry.prompted import cut_windows
 
-VALIDATION_EVERY = 10
+SPLIT_EVERY = 10  # of each SPLIT_EVERY documents: all but two train, then one selects and one tests
+SELECT, TEST = "select", "test"
+SPLITS = ("train", SELECT, TEST)
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 NEWS_FILE = "lee_background.cor"
 # (dataset, load_dataset keyword arguments, text field). C4's English train split is hundreds of GB: like GPTQ's own
@@ -53,10 +56,29 @@ class Corpus:
             digest.update(hashlib.sha256(doc.encode()).digest())
         return digest.hexdigest()
 
-    def split(self) -> tuple[list[str], list[str]]:
-        train = [d for i, d in enumerate(self.documents) if i % VALIDATION_EVERY != VALIDATION_EVERY - 1]
-        validation = [d for i, d in enumerate(self.documents) if i % VALIDATION_EVERY == VALIDATION_EVERY - 1]
-        return train, validation
+    def split(self) -> Splits:
+        parts: dict[str, list[str]] = {name: [] for name in SPLITS}
+        for index, doc in enumerate(self.documents):
+            parts[_split_of(index)].append(doc)
+        if not parts[TEST] or not parts[SELECT]:
+            raise InvalidInput(
+                f"{self.name} has {len(self.documents)} documents; train, select and test need at least "
+                f"{SPLIT_EVERY} (documents are separated by blank lines in a .txt file)"
+            )
+        return Splits(**parts)
+
+
+def _split_of(index: int) -> str:
+    position = index % SPLIT_EVERY
+    return SELECT if position == SPLIT_EVERY - 2 else TEST if position == SPLIT_EVERY - 1 else "train"
+
+
+class Splits(NamedTuple):
+    """A corpus' documents by split; no document is in two."""
+
+    train: list[str]
+    select: list[str]
+    test: list[str]
 
 
 @dataclass(frozen=True)
@@ -64,16 +86,20 @@ class TokenWindows:
     """Non-overlapping token windows [N, seq_len] per split, and a hash that pins tokenizer, text and cut."""
 
     train: torch.Tensor
-    validation: torch.Tensor
+    select: torch.Tensor
+    test: torch.Tensor
     seq_len: int
     corpus: str
 
     @cached_property
     def data_hash(self) -> str:
         digest = hashlib.sha256(f"{self.corpus}/{self.seq_len}".encode())
-        digest.update(self.train.numpy().tobytes())
-        digest.update(self.validation.numpy().tobytes())
+        for windows in (self.train, self.select, self.test):
+            digest.update(windows.numpy().tobytes())
         return digest.hexdigest()
+
+    def split(self, name: str) -> torch.Tensor:
+        return {"train": self.train, SELECT: self.select, TEST: self.test}[name]
 
 
 def _gensim_data(filename: str) -> Path:
@@ -158,19 +184,25 @@ def make_windows(
     *,
     seq_len: int,
     max_train: int | None = None,
-    max_validation: int | None = None,
+    max_select: int | None = None,
+    max_test: int | None = None,
 ) -> TokenWindows:
     """Tokenize each split and cut it into windows; fail clearly when a split is shorter than one window."""
+    return TokenWindows(
+        train=split_windows(tokenizer, corpus, "train", seq_len=seq_len, limit=max_train),
+        select=split_windows(tokenizer, corpus, SELECT, seq_len=seq_len, limit=max_select),
+        test=split_windows(tokenizer, corpus, TEST, seq_len=seq_len, limit=max_test),
+        seq_len=seq_len, corpus=corpus.name,
+    )
+
+
+def split_windows(tokenizer: Any, corpus: Corpus, split: str, *, seq_len: int, limit: int | None) -> torch.Tensor:
+    """One split's windows alone (evenly spaced when capped), exactly as ``make_windows`` cuts them."""
     if seq_len < 2:
         raise InvalidInput("seq_len must be at least 2 (one context token and one scored token)")
-    train_docs, validation_docs = corpus.split()
-    if not validation_docs:
-        validation_docs, train_docs = train_docs[-1:], train_docs[:-1]
-    train = cut_windows(tokenizer, train_docs, seq_len, max_train, f"{corpus.name} train")
-    validation = _spread(
-        cut_windows(tokenizer, validation_docs, seq_len, None, f"{corpus.name} validation"), max_validation
-    )
-    return TokenWindows(train=train, validation=validation, seq_len=seq_len, corpus=corpus.name)
+    docs = getattr(corpus.split(), split)
+    windows = cut_windows(tokenizer, docs, seq_len, limit if split == "train" else None, f"{corpus.name} {split}")
+    return windows if split == "train" else _spread(windows, limit)
 
 
 def _spread(windows: torch.Tensor, limit: int | None) -> torch.Tensor:

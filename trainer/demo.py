@@ -4,6 +4,9 @@ Compress the packaged SmolLM2-135M to GPTQ 3-bit, learn a prompt on ``wiki``, pu
 validation for other compressed targets (GPTQ 4-bit and 2-bit, SparseGPT 50%): the prompt was never trained on
 those, so served prompts there are transfers, measured before being served. Re-running reuses the compressed models
 (disk cache), the trained prompt (same config → same artifact) and the recorded evidence.
+
+The corpus' ``select`` split makes every decision (the best training step, which prompt the validator serves); the
+table is measured on its ``test`` split, which decided nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from ctpreg.registry.artifacts import read_artifact
 from ctpreg.registry.recovery import collapsed, gap_recovered, log_gap_recovered
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.errors import InvalidArtifact, InvalidInput, NoHelpfulPrompt
-from ctpreg.registry.matcher import Target
+from ctpreg.registry.artifacts import parse_artifact
+from ctpreg.registry.matcher import Candidate, Target
 from ctpreg.registry.resolver import resolve
 from ctpreg.registry.service import Registry
 
 from .compress import CompressConfig
+from .data import TEST
 from .pipeline import DataConfig, load_base, load_corpus, register_and_publish, train_prompt_artifact
 from .train import TrainConfig
 from .validate import TargetValidator, ValidationConfig
@@ -83,7 +88,8 @@ class DemoRow:
 class DemoReport:
     config: DemoConfig
     rows: list[DemoRow] = field(default_factory=list)
-    eval_data: dict[str, Any] = field(default_factory=dict)  # the windows every row was measured on
+    eval_data: dict[str, Any] = field(default_factory=dict)  # the test windows every row was measured on
+    select_data: dict[str, Any] = field(default_factory=dict)  # the windows the validator decided on
     train_seconds: float = 0.0
     step_seconds: float = float("nan")
     reused_prompt: bool = False
@@ -107,13 +113,15 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
     metrics = meta.metrics
     report.step_seconds = float(meta.training.get("step_seconds", float("nan")))
     report.train_seconds = time.perf_counter() - started
-    validator = TargetValidator(
-        ValidationConfig(dataset=config.dataset, seq_len=config.seq_len, max_windows=config.eval_windows,
-                         calibration=config.dataset, calibration_windows=config.calibration_windows,
-                         model_path=config.model_path, device=config.device),
-        home=home, base=base,
+    validation = ValidationConfig(
+        dataset=config.dataset, seq_len=config.seq_len, max_windows=config.eval_windows, calibration=config.dataset,
+        calibration_windows=config.calibration_windows, model_path=config.model_path, device=config.device,
     )
-    windows = validator.eval_set(Target(model=config.model)).data
+    validator = TargetValidator(validation, home=home, base=base)
+    tester = TargetValidator(replace(validation, split=TEST), home=home, base=base)
+    whole = Target(model=config.model)
+    report.select_data = validator.eval_set(whole).data.to_dict()
+    windows = tester.eval_set(whole).data
     report.eval_data = windows.to_dict()
     trained_note = "trained earlier, reused" if reused else "trained here"
     if (metrics.get("eval_data") or {}).get("key") == windows.key:
@@ -123,9 +131,11 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
             note=trained_note, seconds=report.train_seconds,
         ))
     else:  # the artifact's figures come from other windows: measure this row where the others are measured
-        report.rows.append(_transfer_row(registry, validator, config.model, config.train_compression, trained_note))
+        report.rows.append(
+            _transfer_row(registry, validator, tester, config.model, config.train_compression, trained_note)
+        )
     for text in config.targets:
-        report.rows.append(_transfer_row(registry, validator, config.model, text))
+        report.rows.append(_transfer_row(registry, validator, tester, config.model, text))
     report.total_seconds = time.perf_counter() - started
     return report
 
@@ -154,11 +164,13 @@ def _train_or_reuse(config: DemoConfig, base: Any, home: Path) -> tuple[Path, bo
     return path, False
 
 
-def _transfer_row(registry: Registry, validator: TargetValidator, model: str, text: str, note: str = "") -> DemoRow:
+def _transfer_row(
+    registry: Registry, validator: TargetValidator, tester: TargetValidator, model: str, text: str, note: str = "",
+) -> DemoRow:
+    """Decide on ``select`` (the resolver with ``validator``), then measure that choice on ``test`` (``tester``)."""
     started = time.perf_counter()
     spec = parse_compression(text)
     target = Target.for_spec(model, spec)
-    full = validator.full_perplexity(model)
     calls = validator.calls
     try:
         served = resolve(registry, target, validator=validator).served
@@ -167,14 +179,19 @@ def _transfer_row(registry: Registry, validator: TargetValidator, model: str, te
         served, how = None, "no prompt helps: none served"
     note = f"{note}; {how}" if note else how
     best = served or _measured_candidate(registry, validator, target)
-    measured = best.measurement
-    assert measured is not None
-    values = {"ppl_full": full, "ppl_compressed": measured.ppl_without, "ppl_prompted": measured.ppl_with}
+    measured = _measure_on_test(registry, tester, best, target)
+    values = {"ppl_full": measured.ppl_full, "ppl_compressed": measured.ppl_without, "ppl_prompted": measured.ppl_with}
     return DemoRow(
-        target=spec.canonical, ppl_full=full, ppl_compressed=measured.ppl_without,
+        target=spec.canonical, ppl_full=measured.ppl_full, ppl_compressed=measured.ppl_without,
         ppl_prompted=measured.ppl_with, gap_recovered=gap_recovered(values),
         served=served.prompt.ref if served else None, note=note, seconds=time.perf_counter() - started,
     )
+
+
+def _measure_on_test(registry: Registry, tester: TargetValidator, chosen: Candidate, target: Target) -> Any:
+    """The chosen prompt measured on the test windows; not recorded as evidence, since nothing is decided on it."""
+    artifact = parse_artifact(registry.fetch_record(chosen.prompt), source=chosen.prompt.ref)
+    return tester(artifact, target)
 
 
 def _measured_candidate(registry: Registry, validator: TargetValidator, target: Target) -> Any:

@@ -1,11 +1,14 @@
 """The trainer's jobs end to end: compress, train a prompt, evaluate — each measured on the same windows.
 
 ``train_prompt_artifact`` is what ``ctpreg train`` runs: full-model perplexity, compression (cached), compressed
-perplexity, prompt training, prompted perplexity, then the DESIGN §4 artifact with those numbers in it.
+perplexity, prompt training, prompted perplexity, then the DESIGN §4 artifact with those numbers in it. Training
+reads the ``train`` split, picks its best step on ``select``, and every figure in the artifact is measured on
+``test``, which chose nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from ctpreg.registry.records import BaseModelRecord
 
 from .catalog import locate
 from .compress import CompressConfig, CompressedModel, CompressionCache, compress
-from .data import Corpus, all_windows, load_corpus, make_windows
+from .data import SELECT, TEST, Corpus, all_windows, load_corpus, make_windows, split_windows
 from .distributed import is_main
 from .evaluate import perplexity
 from .models import LoadedModel, load_model
@@ -38,7 +41,7 @@ class DataConfig:
     dataset: str = field(default="wiki", metadata={"help": "packaged corpus, hub dataset or .txt/.jsonl file"})
     seq_len: int = field(default=256, metadata={"help": "tokens per window"})
     max_train_windows: int | None = field(default=None, metadata={"help": "cap on training windows"})
-    eval_windows: int = field(default=40, metadata={"help": "validation windows for the reported perplexities"})
+    eval_windows: int = field(default=40, metadata={"help": "select windows (best step) and test windows (figures)"})
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or self.eval_windows < 1:
@@ -50,15 +53,13 @@ def load_base(model: str, *, model_path: str | None = None, device: str = "auto"
 
 
 def calibration_windows(loaded: LoadedModel, config: CompressConfig) -> torch.Tensor | None:
-    """Calibration windows from the training split of ``config.calibration`` (never the validation split)."""
+    """Calibration windows from the training split of ``config.calibration`` (never select or test)."""
     if not config.needs_calibration:
         return None
     corpus = load_corpus(config.calibration)
-    windows = make_windows(
-        loaded.tokenizer, corpus, seq_len=config.calibration_seq_len, max_train=config.calibration_windows,
-        max_validation=1,
+    return split_windows(
+        loaded.tokenizer, corpus, "train", seq_len=config.calibration_seq_len, limit=config.calibration_windows
     )
-    return windows.train
 
 
 def compress_loaded(loaded: LoadedModel, config: CompressConfig, home: Path) -> CompressedModel:
@@ -97,7 +98,7 @@ class TrainedPrompt:
 
 def train_prompt_artifact(
     loaded: LoadedModel,
-    compress_config: CompressConfig,
+    compress_configs: CompressConfig | list[CompressConfig],
     data_config: DataConfig,
     train_config: TrainConfig,
     *,
@@ -106,57 +107,66 @@ def train_prompt_artifact(
     home: Path,
     resume: bool = False,
 ) -> TrainedPrompt:
-    spec = compress_config.spec
+    """Train one prompt for one compression, or across several (``compress_configs`` a list: one prompt, every
+    compressed model in memory, figures per target in the artifact)."""
+    configs = compress_configs if isinstance(compress_configs, list) else [compress_configs]
     windows = make_windows(
-        loaded.tokenizer, corpus, seq_len=data_config.seq_len,
-        max_train=data_config.max_train_windows, max_validation=data_config.eval_windows,
+        loaded.tokenizer, corpus, seq_len=data_config.seq_len, max_train=data_config.max_train_windows,
+        max_select=data_config.eval_windows, max_test=data_config.eval_windows,
     )
-    log.info("data %s: %d train / %d validation windows of %d tokens", windows.corpus, windows.train.shape[0],
-             windows.validation.shape[0], windows.seq_len)
-    full = perplexity(loaded.model, windows.validation, label="eval full")
-    compressed = compress_loaded(loaded, compress_config, home)
-    before = perplexity(compressed.model, windows.validation, label=f"eval {spec.canonical}")
-    log.info("validation perplexity: full %.2f, %s %.2f (%s in %.0fs)", full.ppl, spec.canonical, before.ppl,
-             "cached" if compressed.from_cache else "compressed", compressed.seconds)
+    log.info("data %s: %d train / %d select / %d test windows of %d tokens", windows.corpus, windows.train.shape[0],
+             windows.select.shape[0], windows.test.shape[0], windows.seq_len)
+    full = perplexity(loaded.model, windows.test, label="test full")
+    keep_base = train_config.needs_teacher or len(configs) > 1  # compression may work in place
+    compressed = [compress_loaded(copy.deepcopy(loaded) if keep_base else loaded, cfg, home) for cfg in configs]
+    before = [perplexity(c.model, windows.test, label=f"test {c.spec.canonical}") for c in compressed]
+    for c, ppl in zip(compressed, before):
+        log.info("test perplexity: full %.2f, %s %.2f (%s in %.0fs)", full.ppl, c.spec.canonical, ppl.ppl,
+                 "cached" if c.from_cache else "compressed", c.seconds)
     context = (
-        f"{loaded.source.describe()} {loaded.fingerprint[:19]} {spec.canonical} "
-        f"calibration={compress_config.calibration}x{compress_config.calibration_windows}"
+        f"{loaded.source.describe()} {loaded.fingerprint[:19]} {'+'.join(c.spec.canonical for c in compressed)} "
+        f"calibration={configs[0].calibration}x{configs[0].calibration_windows}"
     )
     result = train_prompt(
-        compressed.model, windows, train_config, checkpoint=out.with_name(out.name + ".ckpt"), resume=resume,
-        context=context,
+        [c.model for c in compressed], windows, train_config, checkpoint=out.with_name(out.name + ".ckpt"),
+        resume=resume, context=context, teacher=loaded.model if train_config.needs_teacher else None,
     )
-    after = perplexity(compressed.model, windows.validation, prompt=result.prompt, label="eval prompted")
-    log.info("with the prompt (best of step %d): %.2f", result.best_step, after.ppl)
+    test_data = split_data(windows.corpus, TEST, windows.test)
+    per_target = {}
+    for c, without in zip(compressed, before):
+        after = perplexity(c.model, windows.test, prompt=result.prompt, label=f"test {c.spec.canonical} prompted")
+        figures = {"ppl_full": full.ppl, "ppl_compressed": without.ppl, "ppl_prompted": after.ppl}
+        per_target[c.spec.canonical] = {**figures, "gap_recovered": gap_recovered(figures)}
+        log.info("test perplexity of %s with the prompt (step %d, best on select): %.2f", c.spec.canonical,
+                 result.best_step, after.ppl)
     metrics = {
-        "ppl_full": full.ppl, "ppl_compressed": before.ppl, "ppl_prompted": after.ppl,
-        "eval_dataset": f"{windows.corpus}/validation", "eval_tokens": after.tokens,
-        "eval_data": EvalData(
-            corpus=windows.corpus, split="validation", seq_len=windows.seq_len,
-            windows=int(windows.validation.shape[0]),
-            token_digest=window_digest(windows.validation),
-        ).to_dict(),
+        **per_target[configs[0].spec.canonical], "eval_dataset": test_data.label,
+        "eval_tokens": int(windows.test.shape[0] * (windows.seq_len - 1)), "eval_data": test_data.to_dict(),
     }
-    metrics["gap_recovered"] = gap_recovered(metrics)
+    if len(configs) > 1:
+        metrics["targets"] = per_target
     if loaded.source.is_gguf:
         metrics["full_model"] = f"GGUF {loaded.source.gguf_file} dequantized by transformers"
+    calibrated = any(cfg.needs_calibration for cfg in configs)
     training = {
         **train_config.to_dict(), "seq_len": windows.seq_len, "init": "vocab", "data_hash": windows.data_hash,
         "train_windows": int(windows.train.shape[0]), "best_step": result.best_step,
+        "select_data": split_data(windows.corpus, SELECT, windows.select).to_dict(),
         "step_seconds": result.step_seconds, "tokens_per_second": result.tokens_per_second,
         "autocast": "bf16" if uses_autocast(train_config, loaded.device) else "off",
-        "calibration": compress_config.calibration if compress_config.needs_calibration else None,
-        "calibration_windows": compress_config.calibration_windows if compress_config.needs_calibration else None,
+        "calibration": configs[0].calibration if calibrated else None,
+        "calibration_windows": configs[0].calibration_windows if calibrated else None,
     }
     metadata = PromptMetadata(
-        model=loaded.source.slug, model_fingerprint=loaded.fingerprint, compression=spec, dataset=windows.corpus,
-        num_virtual_tokens=train_config.num_tokens, hidden_size=loaded.hidden_size, training=training, metrics=metrics,
+        model=loaded.source.slug, model_fingerprint=loaded.fingerprint, compression=configs[0].spec,
+        dataset=windows.corpus, num_virtual_tokens=train_config.num_tokens, hidden_size=loaded.hidden_size,
+        training=training, metrics=metrics, targets=tuple(c.spec for c in configs) if len(configs) > 1 else (),
     )
     if is_main():  # every rank holds the same prompt; one writes it
         sha = write_artifact(out, result.prompt.numpy(), metadata)
     else:
         sha = sha256_hex(serialize_artifact(result.prompt.numpy(), metadata))
-    return TrainedPrompt(out, sha, metadata, result, compressed.seconds)
+    return TrainedPrompt(out, sha, metadata, result, sum(c.seconds for c in compressed))
 
 
 def evaluate_conditions(
@@ -189,8 +199,16 @@ class EvalSet:
     data: EvalData
 
 
-def eval_set(tokenizer: Any, *, dataset: str | None, text_file: Path | None, seq_len: int, max_windows: int) -> EvalSet:
-    """A dataset's validation split, or every window of a text file."""
+def split_data(corpus: str, split: str, windows: torch.Tensor) -> EvalData:
+    """The identity of one split's windows (what a figure measured on them names)."""
+    return EvalData(corpus=corpus, split=split, seq_len=int(windows.shape[1]), windows=int(windows.shape[0]),
+                    token_digest=window_digest(windows))
+
+
+def eval_set(
+    tokenizer: Any, *, dataset: str | None, text_file: Path | None, seq_len: int, max_windows: int, split: str = TEST,
+) -> EvalSet:
+    """A dataset's ``split`` (test for figures, select for decisions), or every window of a text file."""
     if (dataset is None) == (text_file is None):
         raise InvalidInput("give exactly one of --dataset or --text-file")
     if text_file is not None:
@@ -199,8 +217,8 @@ def eval_set(tokenizer: Any, *, dataset: str | None, text_file: Path | None, seq
         split, source = "all", file_sha256(text_file)
     else:
         corpus = load_corpus(dataset)
-        windows = make_windows(tokenizer, corpus, seq_len=seq_len, max_train=1, max_validation=max_windows).validation
-        split, source = "validation", None
+        windows = split_windows(tokenizer, corpus, split, seq_len=seq_len, limit=max_windows)
+        source = None
     data = EvalData(corpus=corpus.name, split=split, seq_len=seq_len, windows=int(windows.shape[0]),
                     token_digest=window_digest(windows), source_sha256=source)
     return EvalSet(windows, data)

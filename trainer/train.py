@@ -1,9 +1,10 @@
 """Soft-prompt training loop (nanoGPT shape: config at the top, ``get_batch`` / ``get_lr``, one loop in a fixed order).
 
 Every model weight is frozen; the prompt is the only parameter the optimizer sees, so no optimizer state exists for
-the model. AdamW with linear warmup then cosine decay, gradient clipping, validation every ``eval_every`` steps, and
-the best prompt by validation perplexity is kept. Checkpoints are safetensors (prompt, best prompt, Adam moments)
-plus JSON in the header, never pickle; ``resume`` continues exactly where a checkpoint left off.
+the model. AdamW with linear warmup then cosine decay, gradient clipping, and every ``eval_every`` steps a perplexity
+on the ``select`` split; the prompt that is best there is kept. The ``test`` split is never seen here. Checkpoints
+are safetensors (prompt, best prompt, Adam moments) plus JSON in the header, never pickle; ``resume`` continues
+exactly where a checkpoint left off.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,10 @@ from .distributed import average_gradient, is_main, rank_and_world
 from .evaluate import perplexity
 from .models import bf16_native
 from .progress import progress
-from .prompt import init_from_vocabulary, mean_nll
+from .prompt import LOSSES, init_from_vocabulary, prompt_loss
 
 log = logging.getLogger(__name__)
+SCHEDULES = ("cycle", "sum")
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,19 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the prompt"})
     batch_size: int = field(default=4, metadata={"help": "windows per step (per rank under a launcher)"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
-    eval_every: int = field(default=25, metadata={"help": "validate every K steps (and at the end)"})
-    eval_windows: int | None = field(default=None, metadata={"help": "validation windows used while training"})
+    eval_every: int = field(default=25, metadata={"help": "measure the select split every K steps (and at the end)"})
+    eval_windows: int | None = field(default=None, metadata={"help": "select windows used while training"})
     eval_batch_size: int = field(default=4, metadata={"help": "windows per evaluation batch"})
     autocast_bf16: bool = field(
         default=True,
         metadata={"help": "bf16 autocast for training steps where the hardware has bf16 (not for evaluation)"},
     )
     seed: int = field(default=0, metadata={"help": "prompt init and batch order"})
+    loss: str = field(default="ce", metadata={"help": "objective: ce, kd (KL to the uncompressed model) or ce+kd"})
+    schedule: str = field(
+        default="cycle",
+        metadata={"help": "several targets: cycle (one target per step, in turn) or sum (all targets every step)"},
+    )
 
     def __post_init__(self) -> None:
         positive = {"num_tokens": self.num_tokens, "steps": self.steps, "batch_size": self.batch_size,
@@ -65,6 +73,14 @@ class TrainConfig:
             raise InvalidInput("warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and grad_clip > 0 are required")
         if self.eval_windows is not None and self.eval_windows < 1:
             raise InvalidInput("eval_windows must be >= 1")
+        if self.loss not in LOSSES:
+            raise InvalidInput(f"unknown loss {self.loss!r}: use {', '.join(LOSSES)}")
+        if self.schedule not in SCHEDULES:
+            raise InvalidInput(f"unknown schedule {self.schedule!r}: use {', '.join(SCHEDULES)}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.loss != "ce"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,9 +93,9 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     prompt: torch.Tensor
-    best_val_ppl: float
+    best_select_ppl: float
     best_step: int
-    initial_val_ppl: float
+    initial_select_ppl: float
     history: list[dict[str, float]]
     step_seconds: float
     tokens_per_second: float
@@ -115,35 +131,44 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
 
 
 def train_prompt(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     windows: TokenWindows,
     config: TrainConfig,
     *,
     checkpoint: Path | None = None,
     resume: bool = False,
     context: str = "",
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
-    """Learn a prompt for the frozen ``model`` on ``windows.train``, keeping the best by validation perplexity.
+    """Learn a prompt for the frozen ``model`` on ``windows.train``, keeping the best by perplexity on ``select``.
 
-    ``context`` names what the model is (source, fingerprint, compression, calibration); a checkpoint only resumes
-    under the same context, config and data.
+    Several models (compressed versions of one base model) learn one prompt: each step trains on one of them in turn
+    (``schedule=cycle``) or on all (``sum``, their mean loss), and the best step is the one whose geometric mean of
+    select perplexities over the models is lowest. ``context`` names what the model is (source, fingerprint,
+    compression, calibration); a checkpoint only resumes under the same context, config and data. ``teacher`` (the
+    uncompressed model, frozen) is needed by the kd losses.
     """
-    device = model.get_input_embeddings().weight.device
-    if any(p.requires_grad for p in model.parameters()):
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    device = models[0].get_input_embeddings().weight.device
+    if any(p.requires_grad for m in models for p in m.parameters()):
         raise InvalidInput("the model must be frozen before prompt training (trainer.models.freeze)")
-    prompt = nn.Parameter(init_from_vocabulary(model, config.num_tokens, seed=config.seed).to(device))
+    if config.needs_teacher and teacher is None:
+        raise InvalidInput(f"loss {config.loss} needs the uncompressed model as teacher")
+    prompt = nn.Parameter(init_from_vocabulary(models[0], config.num_tokens, seed=config.seed).to(device))
     optimizer = torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay)
-    validation = windows.validation[: config.eval_windows] if config.eval_windows else windows.validation
+    select = windows.select[: config.eval_windows] if config.eval_windows else windows.select
     state = _TrainState(best=prompt.detach().clone())
     if resume and checkpoint is not None and checkpoint.is_file():
         state = _load_checkpoint(checkpoint, prompt, optimizer, config, windows, context)
         log.info("resumed from %s at step %d", checkpoint, state.step)
 
     def evaluate(step: int) -> float:
-        ppl = perplexity(
-            model, validation, prompt=prompt.detach(), batch_size=config.eval_batch_size, label="validate"
-        ).ppl
-        state.history.append({"step": step, "val_ppl": ppl})
+        ppls = [
+            perplexity(m, select, prompt=prompt.detach(), batch_size=config.eval_batch_size, label="select").ppl
+            for m in models
+        ]
+        ppl = math.exp(sum(map(math.log, ppls)) / len(ppls))
+        state.history.append({"step": step, "select_ppl": ppl, **({"select_ppls": ppls} if len(ppls) > 1 else {})})
         if ppl < state.best_ppl:
             state.best_ppl, state.best_step, state.best = ppl, step, prompt.detach().clone()
         return ppl
@@ -161,8 +186,9 @@ def train_prompt(
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, config)
         batch = get_batch(windows.train, step, config).to(device)
+        trained = models if config.schedule == "sum" else [models[step % len(models)]]
         with _autocast(config, device):
-            loss = mean_nll(model, batch, prompt)
+            loss = sum(prompt_loss(m, batch, prompt, loss=config.loss, teacher=teacher) for m in trained) / len(trained)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradient(prompt)
@@ -170,9 +196,10 @@ def train_prompt(
         optimizer.step()
         steps_run += 1
         state.losses.append(float(loss.detach()))
-        last_val = state.history[-1]["val_ppl"]
+        last_select = state.history[-1]["select_ppl"]
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{state.losses[-1]:.3f}", val_ppl=f"{last_val:.2f}", best=f"{state.best_ppl:.2f}")
+            bar.set_postfix(loss=f"{state.losses[-1]:.3f}", select_ppl=f"{last_select:.2f}",
+                            best=f"{state.best_ppl:.2f}")
         state.step = step + 1
     elapsed = time.perf_counter() - started
     if state.history[-1]["step"] != config.steps:
@@ -181,8 +208,8 @@ def train_prompt(
         _save_checkpoint(checkpoint, prompt, optimizer, config, windows, state, config.steps, context)
     step_seconds = elapsed / steps_run if steps_run else float("nan")
     return TrainResult(
-        prompt=state.best.cpu(), best_val_ppl=state.best_ppl, best_step=state.best_step,
-        initial_val_ppl=state.initial_ppl, history=state.history, step_seconds=step_seconds,
+        prompt=state.best.cpu(), best_select_ppl=state.best_ppl, best_step=state.best_step,
+        initial_select_ppl=state.initial_ppl, history=state.history, step_seconds=step_seconds,
         tokens_per_second=tokens_per_step / step_seconds if steps_run else float("nan"),
     )
 

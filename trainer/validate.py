@@ -1,7 +1,9 @@
 """The validators ``ctpreg resolve --validate`` passes to the registry's resolver.
 
 Each measures perplexity of one target without and with a candidate prompt on the same windows, and says up front
-(``scope``) what it measures on, so the resolver reuses evidence only for the same target and the same windows:
+(``scope``) what it measures on, so the resolver reuses evidence only for the same target and the same windows.
+Validation decides what is served, so it measures a corpus' ``select`` split by default; figures a user is shown as
+results (``ctpreg eval``, the demo's table) come from ``test``, which chose nothing.
 
 - ``TargetValidator``: the target is a compression of the base model that ctpreg makes itself (compression cache
   reused); its identity is the source model, spec and calibration tokens.
@@ -33,6 +35,7 @@ from .checkpoint import LoadedCheckpoint
 from .compress import CompressConfig, CompressionCache
 from .evaluate import perplexity
 from .models import LoadedModel
+from .data import SELECT
 from .pipeline import EvalSet, calibration_windows, check_compatible, compress_loaded, eval_set, load_base
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class ValidationConfig:
     text_file: Path | None = None
     seq_len: int = 256
     max_windows: int = 20
+    split: str = SELECT
     calibration: str = "wiki"
     calibration_windows: int = 32
     model_path: str | None = None
@@ -90,7 +94,7 @@ class _PerplexityValidator(abc.ABC):
             cfg = self.config
             self._eval = eval_set(
                 self._tokenizer(target), dataset=None if cfg.text_file else cfg.dataset, text_file=cfg.text_file,
-                seq_len=cfg.seq_len, max_windows=cfg.max_windows,
+                seq_len=cfg.seq_len, max_windows=cfg.max_windows, split=cfg.split,
             )
             log.info("validating on %s", self._eval.data.describe())
         return self._eval

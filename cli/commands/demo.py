@@ -24,11 +24,15 @@ def demo(
     targets: Annotated[str, typer.Option(
         help="Comma-separated transfer targets.",
     )] = "gptq-w4-g128,gptq-w2-g128,sparsegpt-s50",
-    dataset: Annotated[str, typer.Option(help="Training and validation corpus.")] = "wiki",
+    dataset: Annotated[str, typer.Option(
+        help="Corpus: its train split trains, select decides, test gives the table.",
+    )] = "wiki",
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 100,
     num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens.")] = 20,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
-    eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows for every measurement.")] = 20,
+    eval_windows: Annotated[int, typer.Option(
+        min=1, help="Windows of the select split (decisions) and of the test split (every figure in the table).",
+    )] = 20,
     calibration_windows: CalibrationWindowsOption = 32,
     device: DeviceOption = "auto",
     as_json: JsonFlag = False,
@@ -36,7 +40,9 @@ def demo(
     """Run the main job end to end on the embedded defaults (SQLite + local objects + packaged SmolLM2-135M).
 
     Compress to GPTQ 3-bit, learn a prompt on wiki, publish it, then resolve it with validation for GPTQ 4-bit,
-    GPTQ 2-bit and SparseGPT 50% (transfer). A second run reuses the compressed models, the prompt and the evidence.
+    GPTQ 2-bit and SparseGPT 50% (transfer). Decisions (best step, which prompt is served) are made on the corpus'
+    select split and the table is measured on its test split. A second run reuses the compressed models, the prompt
+    and the evidence.
     """
     from ctpreg.trainer.deps import require
 
@@ -55,12 +61,10 @@ def demo(
     if as_json:
         emit_json({"rows": [r.to_dict() for r in report.rows], "total_seconds": report.total_seconds,
                    "step_seconds": report.step_seconds, "reused_prompt": report.reused_prompt,
-                   "eval_data": report.eval_data})
+                   "eval_data": report.eval_data, "select_data": report.select_data})
         return
     full_note = " (full = GGUF Q4_1 dequantized)" if model == "smollm2-135m" and not model_path else ""
-    data = report.eval_data
-    windows = (f"{data['corpus']}/{data['split']}, {data['windows']} windows of {data['seq_len']} tokens "
-               f"(ids {data['token_digest'][:12]})")
+    windows = _describe(report.eval_data)
     table(
         f"{model}: prompt trained on {train_compression}/{dataset}; every row measured on {windows}{full_note}",
         ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered (ppl)", "(log-ppl)", "served prompt",
@@ -72,5 +76,11 @@ def demo(
             for r in report.rows
         ],
     )
+    info(f"best step and served prompts chosen on {_describe(report.select_data)}")
     info(f"demo finished in {report.total_seconds:.0f}s ({report.step_seconds:.2f}s per training step)"
          + ("; reused the trained prompt" if report.reused_prompt else ""))
+
+
+def _describe(data: dict[str, object]) -> str:
+    return (f"{data['corpus']}/{data['split']}, {data['windows']} windows of {data['seq_len']} tokens "
+            f"(ids {str(data['token_digest'])[:12]})")

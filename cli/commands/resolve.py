@@ -39,7 +39,8 @@ def resolve(
         "--validate", help="Measure the top candidates on the target before serving.",
     )] = False,
     validation_data: Annotated[str | None, typer.Option(
-        "--validation-data", help="Corpus whose validation split is measured (default news).",
+        "--validation-data",
+        help="Corpus whose select split is measured to decide what is served (default news).",
     )] = None,
     text_file: Annotated[Path | None, typer.Option("--text-file", help="Measure on this text file instead.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many candidates to measure.")] = DEFAULT_TOP_K,

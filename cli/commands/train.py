@@ -9,6 +9,7 @@ import typer
 
 from ctpreg.registry.errors import InvalidInput
 from ctpreg.registry.files import check_output
+from ctpreg.registry.identity import EvalData
 from ctpreg.registry.refs import check_name
 
 from ..options import JsonFlag
@@ -79,7 +80,7 @@ def compress(
             info(f"checkpoint written to {saved}")
 
 
-@compression_options(calibrated=True)
+@compression_options(calibrated=True, multi=True)
 def train(
     ctx: typer.Context,
     model: ModelArg,
@@ -91,10 +92,21 @@ def train(
     num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens in the prompt.")] = 20,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 100,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine decay).")] = 3e-2,
-    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per training/validation window.")] = 256,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window (train, select and test).")] = 256,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per step (per process under a launcher).")] = 4,
-    eval_every: Annotated[int, typer.Option(min=1, help="Validate every K steps; the best prompt is kept.")] = 25,
-    eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows for the reported perplexities.")] = 40,
+    eval_every: Annotated[int, typer.Option(
+        min=1, help="Measure the select split every K steps; the prompt best there is kept.",
+    )] = 25,
+    eval_windows: Annotated[int, typer.Option(
+        min=1, help="Windows of the select split (best step) and of the test split (reported figures).",
+    )] = 40,
+    loss: Annotated[str, typer.Option(
+        help=("Objective: ce (next-token cross-entropy, the paper's), kd (KL divergence to the uncompressed model's "
+              "next-token distribution; it runs the full model too) or ce+kd."),
+    )] = "ce",
+    schedule: Annotated[str, typer.Option(
+        help="With --targets: cycle (each step trains on one target, in turn) or sum (every target every step).",
+    )] = "cycle",
     seed: Annotated[int, typer.Option(help="Prompt init and batch order.")] = 0,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
@@ -105,9 +117,13 @@ def train(
 ) -> None:
     """Compress a model, learn a soft prompt on it (model frozen) and write the artifact with honest metrics.
 
+    The corpus splits by document: train (gradients), select (best step) and test (every reported figure).
+
     Example: ctpreg train --model smollm2-135m --method gptq --bits 3 --dataset wiki --steps 100 -o p.safetensors
+    One prompt for several compressions: --targets gptq-w3-g128,gptq-w4-g128,sparsegpt-s50 (the artifact lists
+    them, and resolve ranks it as an exact match for each by its recovery there).
     """
-    compress_config = compression.config()
+    compress_configs = compression.configs()
     check_output(out)  # everything a user typed is checked before minutes of training
     if publish and name is not None:
         check_name(name)
@@ -118,7 +134,8 @@ def train(
         from ctpreg.trainer.train import TrainConfig
 
         train_config = TrainConfig(
-            num_tokens=num_tokens, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed
+            num_tokens=num_tokens, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed,
+            loss=loss, schedule=schedule,
         )
         data_config = pipeline.DataConfig(dataset=dataset, seq_len=seq_len, eval_windows=eval_windows)
         source = pipeline.locate(model, model_path)
@@ -126,7 +143,7 @@ def train(
         init_from_env()
         loaded = pipeline.load_model(source, device=device)
         trained = pipeline.train_prompt_artifact(
-            loaded, compress_config, data_config, train_config, corpus=corpus, out=out,
+            loaded, compress_configs, data_config, train_config, corpus=corpus, out=out,
             home=state(ctx).settings.home, resume=resume,
         )
         if not is_main():
@@ -134,25 +151,32 @@ def train(
         published = None
         if publish:
             published = pipeline.register_and_publish(state(ctx).registry, loaded, out, name=name)
-    metrics = trained.metadata.metrics
+    meta = trained.metadata
+    metrics = meta.metrics
     report = {
         "artifact": str(out), "sha256": trained.sha256,
         **{k: metrics[k] for k in ("ppl_full", "ppl_compressed", "ppl_prompted", "gap_recovered", "eval_tokens")},
+        "eval_data": metrics["eval_data"], "targets": {s.canonical: meta.target_metrics(s) for s in meta.trained_on},
         "step_seconds": trained.result.step_seconds, "tokens_per_second": trained.result.tokens_per_second,
         "best_step": trained.result.best_step, "published": published.prompt.ref if published else None,
     }
     if as_json:
         emit_json(report)
         return
+    from ctpreg.registry.report import figure_gap_cells
+
+    rows = []
+    for spec in meta.trained_on:
+        figures = meta.target_metrics(spec)
+        rows.append((spec.canonical, f"{figures['ppl_full']:.2f}", f"{figures['ppl_compressed']:.2f}",
+                     f"{figures['ppl_prompted']:.2f}", *figure_gap_cells(figures)))
     table(
-        f"{model} {compress_config.spec.canonical} + {num_tokens}-token prompt "
-        f"({dataset} validation, {metrics['eval_tokens']} tokens)",
-        ["ppl full", "ppl compressed", "ppl prompted", "gap recovered", "s/step", "tokens/s"],
-        [(f"{metrics['ppl_full']:.2f}", f"{metrics['ppl_compressed']:.2f}", f"{metrics['ppl_prompted']:.2f}",
-          f"{metrics['gap_recovered']:.0%}" if metrics["gap_recovered"] is not None else "n/a",
-          f"{trained.result.step_seconds:.2f}", f"{trained.result.tokens_per_second:.0f}")],
+        f"{model} + {num_tokens}-token prompt, best step {trained.result.best_step} chosen on the select split; "
+        f"measured on {EvalData.from_dict(metrics['eval_data']).describe()}",
+        ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered (ppl)", "(log-ppl)"], rows,
     )
-    info(f"wrote {out} (sha256 {trained.sha256[:12]})" + (f"; published {published.prompt.ref}" if published else ""))
+    info(f"{trained.result.step_seconds:.2f} s/step, {trained.result.tokens_per_second:.0f} tokens/s; wrote {out} "
+         f"(sha256 {trained.sha256[:12]})" + (f"; published {published.prompt.ref}" if published else ""))
 
 
 @compression_options(calibrated=True)
@@ -161,7 +185,7 @@ def evaluate(
     model: ModelArg,
     compression: CompressionRequest,
     prompt: Annotated[str | None, typer.Option(help="A prompt artifact path or a registry REF.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Evaluate on this corpus' validation split.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Evaluate on this corpus' test split.")] = None,
     text_file: Annotated[Path | None, typer.Option(
         "--text-file", help="Evaluate on every window of this file.",
     )] = None,

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ctpreg.registry.compression import CompressionSpec, build_spec
+from ctpreg.registry.compression import CompressionSpec, build_spec, parse_compression
+from ctpreg.registry.errors import InvalidInput
 
 from ..options import BitsOption, GroupSizeOption, SparsityOption
 
@@ -34,6 +35,12 @@ MethodArg = Annotated[
 NmOption = Annotated[str | None, typer.Option("--nm", help="N:M pruning pattern instead of --sparsity, e.g. 2:4.")]
 CalibrationOption = Annotated[str, typer.Option(help="Calibration corpus for gptq/sparsegpt/wanda (its train split).")]
 CalibrationWindowsOption = Annotated[int, typer.Option(min=1, help="Calibration windows (256 tokens each).")]
+TargetsOption = Annotated[str | None, typer.Option(
+    "--targets",
+    help=("Train one prompt across several compressions, comma-separated canonical specs, e.g. "
+          "gptq-w2-g128,gptq-w3-g128,gptq-w4-g128,sparsegpt-s50 (instead of --method and its levels)."),
+)]
+OptionalMethodArg = Annotated[str | None, MethodArg.__metadata__[0]]
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 _SPEC_OPTIONS = [
@@ -51,27 +58,49 @@ _CALIBRATION_OPTIONS = [
 
 @dataclass(frozen=True)
 class CompressionRequest:
-    """The compression a command was asked for: the spec and the calibration budget."""
+    """The compression a command was asked for: the spec (the first, with ``--targets``), every spec asked for, and
+    the calibration budget."""
 
     spec: CompressionSpec
     calibration: str
     calibration_windows: int
+    targets: tuple[CompressionSpec, ...] = ()
 
     def config(self) -> CompressConfig:
+        return self.configs()[0]
+
+    def configs(self) -> list[CompressConfig]:
         from ctpreg.trainer.compress import CompressConfig
 
-        return CompressConfig(spec=self.spec, calibration=self.calibration,
-                              calibration_windows=self.calibration_windows)
+        return [CompressConfig(spec=spec, calibration=self.calibration, calibration_windows=self.calibration_windows)
+                for spec in self.targets or (self.spec,)]
 
 
-def compression_options(*, calibrated: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _parse_targets(text: str, options: dict[str, Any]) -> tuple[CompressionSpec, ...]:
+    given = [f"--{name.replace('_', '-')}" for name in ("method", "bits", "group_size", "sparsity", "nm")
+             if options.get(name) is not None]
+    if given:
+        raise InvalidInput(f"--targets names every compression in full; drop {', '.join(given)}")
+    specs = tuple(parse_compression(part.strip()) for part in text.split(",") if part.strip())
+    if len({spec.canonical for spec in specs}) != len(specs) or len(specs) < 2:
+        raise InvalidInput("--targets needs at least two distinct compressions, e.g. gptq-w3-g128,gptq-w4-g128")
+    return specs
+
+
+def compression_options(
+    *, calibrated: bool, multi: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command the compression options after its ``model`` option.
 
     The command declares ``compression: CompressionRequest`` (``calibrated=True``: it compresses) or
     ``spec: CompressionSpec`` (it only names a compression); a bad combination fails before the command runs.
+    ``multi=True`` adds ``--targets`` (several compressions at once, in place of ``--method``).
     """
     receiver = "compression" if calibrated else "spec"
     added = _SPEC_OPTIONS + (_CALIBRATION_OPTIONS if calibrated else [])
+    if multi:
+        added = [added[0].replace(annotation=OptionalMethodArg, default=None), *added[1:],
+                 inspect.Parameter("targets", _KEYWORD, annotation=TargetsOption, default=None)]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != receiver]
@@ -80,12 +109,19 @@ def compression_options(*, calibrated: bool) -> Callable[[Callable[..., Any]], C
 
         @functools.wraps(command)
         def run(**options: Any) -> Any:
-            spec = build_spec(
-                options.pop("method"), bits=options.pop("bits"), group_size=options.pop("group_size"),
-                sparsity=options.pop("sparsity"), nm=options.pop("nm"),
-            )
-            value = CompressionRequest(spec, options.pop("calibration"), options.pop("calibration_windows")) \
-                if calibrated else spec
+            targets_text = options.pop("targets", None)
+            targets = _parse_targets(targets_text, options) if targets_text is not None else ()
+            if targets:
+                spec = targets[0]
+            elif options.get("method") is None:
+                raise InvalidInput("give --method (and its level), or --targets")
+            else:
+                spec = build_spec(options["method"], bits=options["bits"], group_size=options["group_size"],
+                                  sparsity=options["sparsity"], nm=options["nm"])
+            for name in ("method", "bits", "group_size", "sparsity", "nm"):
+                options.pop(name)
+            value = CompressionRequest(spec, options.pop("calibration"), options.pop("calibration_windows"),
+                                       targets) if calibrated else spec
             return command(**options, **{receiver: value})
 
         run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
