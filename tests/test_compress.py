@@ -189,3 +189,33 @@ def test_cached_pruned_weights_missing_a_layer_are_pruned_again(tmp_path: Path) 
         assert sparsity(layer.weight) == pytest.approx(0.5, abs=0.01), name  # never silently unpruned
         assert torch.equal(layer.weight, decoder_linears(first.model)[name].weight)
     assert set(load_file(str(cached))) == set(weights)
+
+
+def test_eora_adapter_is_folded_into_the_dense_weights_and_lowers_the_error(tmp_path: Path) -> None:
+    """GPTQModel's EoRA on a tiny GPTQ 2-bit model: the dense copy equals the kernel with its adapter, and the
+    compensated model is closer to the unquantized one than GPTQ alone on the calibration windows."""
+    from ctpreg.trainer.compress.eora import build_eora, load_with_eora
+    from ctpreg.trainer.compress.gptq import _quiet_gptqmodel, dequantize_dense, load_packed
+
+    loaded, result = compressed(tmp_path, "gptq", bits=2, group_size=32)
+    reference = tiny_llama().model  # the same seed: the weights before quantization
+    folder = next((tmp_path / "cache").rglob("gptq"))
+    calibration = torch.randint(3, loaded.vocab_size, (8, 32), generator=torch.Generator().manual_seed(0))
+    adapter = build_eora(tiny_llama(), folder, calibration, rank=8, folder=tmp_path / "eora-r8")
+    assert adapter.size_bytes > 0 and (adapter.folder / "adapter_config.json").is_file()
+    compensated = load_with_eora(folder, adapter)
+    with _quiet_gptqmodel():
+        from gptqmodel import BACKEND, GPTQModel
+        from gptqmodel.adapter.adapter import Lora
+
+        kernel = GPTQModel.load(str(folder), device="cpu", backend=BACKEND.GPTQ_TORCH,
+                                adapter=Lora(rank=8, path=str(adapter.folder))).model
+    plain = dequantize_dense(load_packed(folder))
+    with torch.no_grad():
+        want = reference(input_ids=calibration).logits
+        with_adapter = compensated(input_ids=calibration).logits
+        kernel_logits = kernel(input_ids=calibration).logits.float()
+        without = plain(input_ids=calibration).logits
+    scale = float(kernel_logits.abs().max())
+    assert float((with_adapter - kernel_logits).abs().max()) <= 0.02 * scale, "the fold is the kernel's x Wq + x A B"
+    assert float((with_adapter - want).norm()) < float((without - want).norm()), "EoRA compensates the error"

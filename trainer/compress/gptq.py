@@ -79,13 +79,18 @@ def load_packed(folder: Path) -> nn.Module:
 
 @torch.no_grad()
 def dequantize_dense(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Replace every GPTQ ``TorchLinear`` with a dense ``nn.Linear`` holding its dequantized weights."""
+    """Replace every GPTQ ``TorchLinear`` with a dense ``nn.Linear`` holding its dequantized weights, plus its LoRA
+    adapter's product when it carries one (EoRA: the kernel computes ``x Wq + (x A) B``, with A [in, r], B [r, out])."""
     from gptqmodel.nn_modules.qlinear.torch import TorchLinear
 
     for name, module in list(model.named_modules()):
         if isinstance(module, TorchLinear):
             dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-            dense.weight.data = module.dequantize_weight().T.contiguous().to(dtype)
+            weight = module.dequantize_weight().T.float()
+            adapter = getattr(module, "adapter", None)
+            if getattr(adapter, "lora_A", None) is not None:
+                weight = weight + (adapter.lora_A.float() @ adapter.lora_B.float()).T
+            dense.weight.data = weight.contiguous().to(dtype)
             if module.bias is not None:
                 dense.bias.data = module.bias.detach().to(dtype)
             replace_module(model, name, dense)
