@@ -66,5 +66,17 @@ def test_recovery(model_dir: Path, cli_env) -> None:
     out = bench(
         "recovery.py", "--model", "tiny-llama", "--model-path", str(model_dir), "--train", "bnb-nf4", "--levels",
         "magnitude-s50", "--steps", "2", "--eval-windows", "2", "--calibration-windows", "2", "--num-tokens", "3",
+        "--eora-levels", "gptq-w4-g32", "--eora-ranks", "4",
     )
-    assert "| bnb-nf4 | wiki (trained)" in out and "| magnitude-s50 | wiki (transfer)" in out
+    assert "| bnb-nf4 | prompt (trained here) |" in out and "| magnitude-s50 | prompt (transfer) |" in out
+    assert "| gptq-w4-g32 | EoRA r4 (no training) |" in out and "wiki/test, 2x256 tokens" in out
+
+
+def test_tune(model_dir: Path, cli_env) -> None:
+    out = bench(
+        "tune.py", "--model", "tiny-llama", "--model-path", str(model_dir), "--train", "gptq-w4-g32", "--transfer",
+        "magnitude-s50", "--variants", "ce:3:3e-2,kd:3:3e-2", "--steps", "2", "--eval-every", "1", "--eval-windows",
+        "2", "--calibration-windows", "2",
+    )
+    rows = [line for line in out.splitlines() if line.startswith("| ce |") or line.startswith("| kd |")]
+    assert len(rows) == 2 and all("->" in row for row in rows) and "select" in out and "test" not in out

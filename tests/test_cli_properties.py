@@ -96,7 +96,8 @@ TRAINER_NUMBERS = {
     "eval": ["--max-windows", "--seq-len", "--calibration-windows"],
 }
 TRAINER_TEXTS = {
-    "train": ["--method", "--nm", "--dataset", "--calibration", "--device", "--model-path", "--name", "-o"],
+    "train": ["--method", "--nm", "--dataset", "--calibration", "--device", "--model-path", "--name", "-o", "--loss",
+              "--schedule", "--targets"],
     "compress": ["--method", "--nm", "--calibration", "--device", "--format", "--save"],
     "eval": ["--method", "--prompt", "--dataset", "--text-file", "--tasks", "--device"],
 }
@@ -149,6 +150,9 @@ def test_trainer_text_options(trainer_home, capsys, command: str, data) -> None:
     (["-o", "."], "empty"),
     (["--publish", "--name", "bad name!"], "name"),
     (["--device", "tpu"], "device must be auto, cpu or cuda[:N]"),
+    (["--loss", "mse"], "unknown loss 'mse'"),
+    (["--schedule", "random"], "unknown schedule 'random'"),
+    (["--targets", "gptq-w4-g128,sparsegpt-s50"], "drop --method, --bits"),
 ])
 def test_train_refuses_bad_values_before_loading_anything(trainer_home, capsys, args: list[str], message: str) -> None:
     real_model = ["--model", "smollm2-135m"]  # a real model: only the option can be what is refused
