@@ -1,7 +1,8 @@
 """The packaged SmolLM2-135M end to end (slow: minutes on 2 cores; run in CI, skip locally with -m "not slow").
 
-Numbers here are only checked for sanity (finite, ordered as compression predicts); the measured quality results
-come from bench/recovery.py and ctpreg demo with their full budgets.
+Numbers here are checked for sanity (finite, ordered as compression predicts) and for the one claim training must
+keep: with a fixed seed, the prompted compressed model beats the unprompted one on the test split, which chose
+nothing. The measured quality results come from bench/recovery.py and ctpreg demo with their full budgets.
 """
 
 import json
@@ -30,15 +31,18 @@ def run_json(capsys, *args: str) -> dict:
     return json.loads(out)
 
 
-def test_gptq_4bit_then_five_training_steps(env: Path, tmp_path: Path, capsys) -> None:
+def test_gptq_4bit_prompt_beats_the_bare_model_on_the_test_split(env: Path, tmp_path: Path, capsys) -> None:
     report = run_json(
         capsys, "train", "--model", "smollm2-135m", "--method", "gptq", "--bits", "4", "--dataset", "wiki",
-        "--steps", "5", "--eval-every", "5", "--eval-windows", "4", "--calibration-windows", "8", "--device", "cpu",
-        "-o", str(tmp_path / "p.safetensors"), "--publish",
+        "--steps", "12", "--eval-every", "6", "--eval-windows", "8", "--calibration-windows", "8", "--seed", "0",
+        "--device", "cpu", "-o", str(tmp_path / "p.safetensors"), "--publish",
     )
     for key in ("ppl_full", "ppl_compressed", "ppl_prompted"):
         assert math.isfinite(report[key]) and report[key] > 1, key
     assert report["ppl_compressed"] > report["ppl_full"], "4-bit GPTQ must cost some perplexity"
+    assert report["eval_data"]["split"] == "test" and report["eval_data"]["windows"] == 8
+    assert report["best_step"] > 0, "training moved the prompt away from its initialisation on select"
+    assert report["ppl_prompted"] < report["ppl_compressed"], "the prompt must help on windows that chose nothing"
     assert report["published"] == "smollm2-135m/gptq-w4-g128/wiki:1"
     models = run_json(capsys, "models", "list")
     assert models[0]["architecture"] == "LlamaForCausalLM" and models[0]["hidden_size"] == 576
@@ -55,13 +59,17 @@ def test_demo_with_a_small_budget(env: Path, capsys) -> None:
     for row in rows.values():
         assert all(math.isfinite(row[k]) for k in ("ppl_full", "ppl_compressed", "ppl_prompted"))
     assert rows["gptq-w3-g128"]["ppl_compressed"] > rows["gptq-w4-g128"]["ppl_compressed"]
-    points = {p["target"]: p for p in run_json(capsys, "report", "--model", "smollm2-135m")}
-    assert set(points) == set(rows), "the trained target and every validated one"
-    for target, point in points.items():  # the demo's table and the report show the same measurements
-        assert point["ppl_full"] == pytest.approx(rows[target]["ppl_full"]), "the validator recorded the full model"
+    assert report["eval_data"]["split"] == "test" and report["select_data"]["split"] == "select"
+    assert report["eval_data"]["token_digest"] != report["select_data"]["token_digest"]
+    points = run_json(capsys, "report", "--model", "smollm2-135m")
+    on_test = {p["target"]: p for p in points if p["eval_key"] == report["eval_data"]["key"]}
+    assert set(on_test) == set(rows), "the trained target and every validated one, on the table's windows"
+    for target, point in on_test.items():  # the demo's table and the report show the same measurements
+        assert point["ppl_full"] == pytest.approx(rows[target]["ppl_full"]), "the tester recorded the full model"
         assert point["ppl_compressed"] == pytest.approx(rows[target]["ppl_compressed"])
-        assert point["eval_windows"] == points["gptq-w3-g128"]["eval_windows"]
-    assert points["gptq-w3-g128"]["source"] == "artifact" and points["gptq-w4-g128"]["source"] == "evidence"
+        assert point["ppl_prompted"] == pytest.approx(rows[target]["ppl_prompted"])
+    assert on_test["gptq-w3-g128"]["source"] == "artifact" and on_test["gptq-w4-g128"]["source"] == "evidence"
+    assert {p["eval_key"] for p in points} == {report["eval_data"]["key"], report["select_data"]["key"]}
 
 
 def test_saved_gptq_checkpoint_validated_as_it_is_and_attached(env: Path, tmp_path: Path, capsys) -> None:
@@ -72,7 +80,7 @@ def test_saved_gptq_checkpoint_validated_as_it_is_and_attached(env: Path, tmp_pa
 
     from ctpreg.registry import Client, attach
     from ctpreg.trainer.compress.gptq import dequantize_dense, load_packed
-    from ctpreg.trainer.data import load_corpus, make_windows
+    from ctpreg.trainer.data import load_corpus, split_windows
 
     folder = tmp_path / "smollm2-gptq-w4"
     saved = run_json(capsys, "compress", "--model", "smollm2-135m", "--method", "gptq", "--bits", "4",
@@ -83,7 +91,7 @@ def test_saved_gptq_checkpoint_validated_as_it_is_and_attached(env: Path, tmp_pa
     best = measured[0]
     assert best["tier"] == 1 and best["target_key"].startswith("checkpoint:")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    windows = make_windows(tokenizer, load_corpus("news"), seq_len=256, max_train=1, max_validation=4).validation
+    windows = split_windows(tokenizer, load_corpus("news"), "select", seq_len=256, limit=4)
     model = dequantize_dense(load_packed(folder))
     with torch.no_grad():
         nll = sum(float(model(input_ids=w[None], labels=w[None]).loss) * 255 for w in windows)

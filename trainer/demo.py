@@ -70,6 +70,7 @@ class DemoRow:
     served: str | None
     note: str
     seconds: float
+    why: str = ""  # the matcher's explanation of what it served (or rejected), decided on the select split
 
     @property
     def collapsed(self) -> bool:
@@ -129,6 +130,7 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
             target=config.train_compression, ppl_full=metrics["ppl_full"], ppl_compressed=metrics["ppl_compressed"],
             ppl_prompted=metrics["ppl_prompted"], gap_recovered=metrics.get("gap_recovered"), served=published.ref,
             note=trained_note, seconds=report.train_seconds,
+            why=f"exact match, trained here; best step {meta.training.get('best_step')} chosen on select",
         ))
     else:  # the artifact's figures come from other windows: measure this row where the others are measured
         report.rows.append(
@@ -179,19 +181,26 @@ def _transfer_row(
         served, how = None, "no prompt helps: none served"
     note = f"{note}; {how}" if note else how
     best = served or _measured_candidate(registry, validator, target)
-    measured = _measure_on_test(registry, tester, best, target)
+    measured = _measure_on_test(registry, tester, best, target, served=served is not None)
     values = {"ppl_full": measured.ppl_full, "ppl_compressed": measured.ppl_without, "ppl_prompted": measured.ppl_with}
     return DemoRow(
         target=spec.canonical, ppl_full=measured.ppl_full, ppl_compressed=measured.ppl_without,
         ppl_prompted=measured.ppl_with, gap_recovered=gap_recovered(values),
         served=served.prompt.ref if served else None, note=note, seconds=time.perf_counter() - started,
+        why=best.explanation,
     )
 
 
-def _measure_on_test(registry: Registry, tester: TargetValidator, chosen: Candidate, target: Target) -> Any:
-    """The chosen prompt measured on the test windows; not recorded as evidence, since nothing is decided on it."""
+def _measure_on_test(
+    registry: Registry, tester: TargetValidator, chosen: Candidate, target: Target, *, served: bool
+) -> Any:
+    """The chosen prompt measured on the test windows, recorded (so ``ctpreg report`` shows these figures) as
+    evidence on those windows alone: validators decide on select, so nothing is ever decided on it."""
     artifact = parse_artifact(registry.fetch_record(chosen.prompt), source=chosen.prompt.ref)
-    return tester(artifact, target)
+    measurement = tester(artifact, target)
+    identified = replace(target, identity=measurement.target_key)
+    registry.record_evidence(identified, chosen.prompt, measurement, accepted=served)
+    return measurement
 
 
 def _measured_candidate(registry: Registry, validator: TargetValidator, target: Target) -> Any:

@@ -68,11 +68,11 @@ def demo(
     table(
         f"{model}: prompt trained on {train_compression}/{dataset}; every row measured on {windows}{full_note}",
         ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered (ppl)", "(log-ppl)", "served prompt",
-         "how", "seconds"],
+         "how", "why (decided on select)", "seconds"],
         [
             (r.target, f"{r.ppl_full:.2f}", f"{r.ppl_compressed:.2f}",
              f"{r.ppl_prompted:.2f}" if r.ppl_prompted is not None else "", *gap_cells(r), r.served or "none",
-             r.note, f"{r.seconds:.0f}")
+             r.note, r.why, f"{r.seconds:.0f}")
             for r in report.rows
         ],
     )
