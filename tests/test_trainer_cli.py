@@ -47,6 +47,21 @@ def test_train_publish_then_eval_with_the_published_prompt(model_dir, tmp_path, 
     )
     assert meta.metrics["ppl_prompted"] == report["ppl_prompted"]
     assert meta.training["steps"] == 6 and len(meta.training["data_hash"]) == 64
+    # The artifact's figures are reproducible from its provenance: the same test windows, measured again.
+    data = meta.metrics["eval_data"]
+    assert data["split"] == "test" and meta.training["select_data"]["split"] == "select"
+    assert data["token_digest"] != meta.training["select_data"]["token_digest"]
+    code, stdout, err = run(
+        capsys, "eval", "--model", "tiny-llama", "--model-path", str(model_dir), "--method", "gptq", "--bits", "4",
+        "--group-size", "32", "--calibration", str(corpus), "--calibration-windows", "4", "--prompt", str(out),
+        "--dataset", str(corpus), "--seq-len", str(data["seq_len"]), "--max-windows", str(data["windows"]),
+        "--device", "cpu", "--json",
+    )
+    assert code == 0, err
+    again = json.loads(stdout)
+    assert again["eval_data"]["key"] == data["key"], "the same windows, named the same"
+    for key in ("ppl_full", "ppl_compressed", "ppl_prompted"):
+        assert again[key] == pytest.approx(meta.metrics[key], rel=1e-6), key
     code, stdout, err = run(capsys, "models", "list", "--json")
     model = json.loads(stdout)[0]
     assert model["architecture"] == "LlamaForCausalLM" and model["vocab_size"] == tiny_llama().vocab_size

@@ -203,9 +203,10 @@ def evaluate(
         pipeline = _trainer()
         loaded = pipeline.load_base(model, model_path=model_path, device=device)
         prompt_tensor = pipeline.load_prompt_for(loaded, prompt, state(ctx).client) if prompt else None
-        windows = pipeline.eval_set(
+        measured_on = pipeline.eval_set(
             loaded.tokenizer, dataset=dataset, text_file=text_file, seq_len=seq_len, max_windows=max_windows
-        ).windows
+        )
+        windows = measured_on.windows
         from ctpreg.trainer.evaluate import load_tasks, multiple_choice_accuracy
 
         task_items = load_tasks(tasks) if tasks else None
@@ -220,13 +221,13 @@ def evaluate(
                 report["accuracy_prompted"] = multiple_choice_accuracy(
                     compressed.model, loaded.tokenizer, task_items, prompt=prompt_tensor
                 )
-    report["model"] = model
+    report["model"], report["eval_data"] = model, measured_on.data.to_dict()
     if as_json:
         emit_json(report)
         return
     keys = [k for k in ("ppl_full", "ppl_compressed", "ppl_prompted", "gap_recovered", "tokens",
                         "accuracy_full", "accuracy_compressed", "accuracy_prompted") if k in report]
-    table(f"{model} {report['compression']}", keys, [[_fmt(report[k]) for k in keys]])
+    table(f"{model} {report['compression']} on {measured_on.data.describe()}", keys, [[_fmt(report[k]) for k in keys]])
 
 
 def _fmt(value: object) -> str:
