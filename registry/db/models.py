@@ -32,7 +32,23 @@ class BaseModelRow(SQLModel, table=True):
     created_at: datetime = _timestamp()
 
 
-class PromptRow(SQLModel, table=True):
+class _RankedColumns(SQLModel):
+    """The columns resolve ranks by, shared by a prompt and each compression it was trained on."""
+
+    name: str = Field(max_length=512)
+    version: int
+    compression: str = Field(max_length=128)
+    method: str = Field(max_length=32)
+    bits: int | None = None
+    sparsity: float | None = None
+    group_size: int | None = None
+    dataset: str = Field(max_length=256)
+    task: str | None = Field(default=None, max_length=256)
+    recovery: float | None = None  # gap recovered per the recorded figures, a column so resolve ranks in SQL
+    deprecated: bool = False
+
+
+class PromptRow(_RankedColumns, table=True):
     """One immutable prompt version; its bytes live in the object store under ``object_key``."""
 
     __tablename__ = "prompt"
@@ -43,16 +59,7 @@ class PromptRow(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=512)
-    version: int
     base_model_id: int = Field(sa_column=Column(Integer, ForeignKey("base_model.id"), nullable=False))
-    compression: str = Field(max_length=128)
-    method: str = Field(max_length=32)
-    bits: int | None = None
-    sparsity: float | None = None
-    group_size: int | None = None
-    dataset: str = Field(max_length=256)
-    task: str | None = Field(default=None, max_length=256)
     num_virtual_tokens: int
     hidden_size: int
     dtype: str = Field(max_length=16)
@@ -60,14 +67,12 @@ class PromptRow(SQLModel, table=True):
     size_bytes: int
     object_key: str = Field(max_length=256)
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    recovery: float | None = None  # gap recovered per ``metrics``, kept as a column so resolve ranks in SQL
     training: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _timestamp()
     created_by: str = Field(max_length=128)
-    deprecated: bool = False
 
 
-class PromptTargetRow(SQLModel, table=True):
+class PromptTargetRow(_RankedColumns, table=True):
     """One compression a prompt was trained on, with its recorded recovery there: the rows resolve ranks.
 
     A single-target prompt has one row (its own compression); a multi-target prompt one per target, so for each
@@ -88,17 +93,6 @@ class PromptTargetRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     prompt_id: int = Field(sa_column=Column(Integer, ForeignKey("prompt.id"), nullable=False, index=True))
     base_model_id: int = Field(sa_column=Column(Integer, ForeignKey("base_model.id"), nullable=False))
-    compression: str = Field(max_length=128)
-    method: str = Field(max_length=32)
-    bits: int | None = None
-    sparsity: float | None = None
-    group_size: int | None = None
-    recovery: float | None = None
-    dataset: str = Field(max_length=256)
-    task: str | None = Field(default=None, max_length=256)
-    version: int
-    name: str = Field(max_length=512)
-    deprecated: bool = False
 
 
 class AliasRow(SQLModel, table=True):
