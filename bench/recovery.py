@@ -121,7 +121,7 @@ def main() -> int:
           f"adapter on the same GPTQ checkpoint and calibration windows; build seconds 'cached' when reused\n")
     print(markdown_table(
         ["target", "recovery by", "ppl full", "ppl compressed", "ppl recovered", "gap (ppl)", "gap (log-ppl)",
-         "extra bytes", "build CPU s", "windows"], rows
+         "extra bytes", "build s (wall)", "windows"], rows
     ))
     return 0
 
