@@ -66,6 +66,21 @@ def test_demo_runs_end_to_end_and_reuses_its_work(model_dir, tmp_path, capsys, c
     assert all(r["note"] != "validated, served" for r in second["rows"][1:])
 
 
+def test_demo_with_one_prompt_for_several_targets_validates_each(model_dir, tmp_path, capsys, cli_env) -> None:
+    corpus = str(text_file(tmp_path))
+    report = run_json(
+        capsys, "demo", "--model", "tiny-llama", "--model-path", str(model_dir), "--dataset", corpus, "--train",
+        "gptq-w4-g32,magnitude-s50", "--targets", "magnitude-s50,gptq-w2-g32", "--steps", "4", "--seq-len", "32",
+        "--eval-windows", "4", "--calibration-windows", "4", "--num-tokens", "3", "--device", "cpu",
+    )
+    rows = {row["target"]: row for row in report["rows"]}
+    assert list(rows) == ["gptq-w4-g32", "magnitude-s50", "gptq-w2-g32"], "each trained target once, then transfers"
+    for target in ("gptq-w4-g32", "magnitude-s50"):
+        assert rows[target]["note"].startswith("trained here; "), rows[target]
+        assert "exact match" in rows[target]["why"] or "measured on this target" in rows[target]["why"]
+    assert all(row["ppl_compressed"] > 1 for row in rows.values())
+
+
 def test_generate_with_and_without_the_resolved_prompt(model_dir, tmp_path, capsys, cli_env) -> None:
     corpus = str(text_file(tmp_path))
     common = ["--model-path", str(model_dir), "--device", "cpu"]

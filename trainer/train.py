@@ -39,7 +39,7 @@ SCHEDULES = ("cycle", "sum")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    num_tokens: int = field(default=20, metadata={"help": "virtual tokens in the prompt"})
+    num_tokens: int = field(default=50, metadata={"help": "virtual tokens in the prompt (bench/tune.py)"})
     steps: int = field(default=100, metadata={"help": "optimizer steps"})
     lr: float = field(default=3e-2, metadata={"help": "peak learning rate (AdamW)"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warmup from 0 to lr"})

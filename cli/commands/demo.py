@@ -19,7 +19,8 @@ def demo(
     model: Annotated[str, typer.Option("--model", "-m", help="Model slug.")] = "smollm2-135m",
     model_path: ModelPathOption = None,
     train_compression: Annotated[str, typer.Option(
-        "--train", help="Compression the prompt is trained on.",
+        "--train",
+        help="Compression the prompt is trained on; several, comma-separated, train one prompt on all of them.",
     )] = "gptq-w3-g128",
     targets: Annotated[str, typer.Option(
         help="Comma-separated transfer targets.",
@@ -28,7 +29,7 @@ def demo(
         help="Corpus: its train split trains, select decides, test gives the table.",
     )] = "wiki",
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 100,
-    num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens.")] = 20,
+    num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens.")] = 50,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
     eval_windows: Annotated[int, typer.Option(
         min=1, help="Windows of the select split (decisions) and of the test split (every figure in the table).",

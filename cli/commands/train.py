@@ -89,7 +89,7 @@ def train(
     dataset: Annotated[str, typer.Option(
         help="Training corpus: wiki, news, wikitext2, c4, ptb or a .txt/.jsonl file.",
     )] = "wiki",
-    num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens in the prompt.")] = 20,
+    num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens in the prompt.")] = 50,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 100,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine decay).")] = 3e-2,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window (train, select and test).")] = 256,
