@@ -68,7 +68,9 @@ def test_demo_with_a_small_budget(env: Path, capsys) -> None:
         assert point["ppl_full"] == pytest.approx(rows[target]["ppl_full"]), "the tester recorded the full model"
         assert point["ppl_compressed"] == pytest.approx(rows[target]["ppl_compressed"])
         assert point["ppl_prompted"] == pytest.approx(rows[target]["ppl_prompted"])
-    assert on_test["gptq-w3-g128"]["source"] == "artifact" and on_test["gptq-w4-g128"]["source"] == "evidence"
+    trained = {row["served"] for row in rows.values() if row["served"]}
+    assert len(trained) <= 1, "one prompt, trained on the three targets, is what any of them serves"
+    assert all(point["source"] == "evidence" for point in on_test.values()), "each measured by the demo's tester"
     assert {p["eval_key"] for p in points} == {report["eval_data"]["key"], report["select_data"]["key"]}
 
 

@@ -1,4 +1,4 @@
-"""``ctpreg demo``: compress, train, publish, then validated transfer to other compressions, in one command."""
+"""``ctpreg demo``: compress, train, publish, then validated serving on each target, in one command."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def demo(
     train_compression: Annotated[str, typer.Option(
         "--train",
         help="Compression the prompt is trained on; several, comma-separated, train one prompt on all of them.",
-    )] = "gptq-w3-g128",
+    )] = "gptq-w3-g128,gptq-w4-g128,sparsegpt-s50",
     targets: Annotated[str, typer.Option(
         help="Comma-separated transfer targets.",
     )] = "gptq-w4-g128,gptq-w2-g128,sparsegpt-s50",
@@ -40,10 +40,10 @@ def demo(
 ) -> None:
     """Run the main job end to end on the embedded defaults (SQLite + local objects + packaged SmolLM2-135M).
 
-    Compress to GPTQ 3-bit, learn a prompt on wiki, publish it, then resolve it with validation for GPTQ 4-bit,
-    GPTQ 2-bit and SparseGPT 50% (transfer). Decisions (best step, which prompt is served) are made on the corpus'
-    select split and the table is measured on its test split. A second run reuses the compressed models, the prompt
-    and the evidence.
+    Compress to GPTQ 3-bit, GPTQ 4-bit and SparseGPT 50%, learn one prompt on wiki for the three, publish it, then
+    resolve it with validation for each of them and for GPTQ 2-bit (never trained on). Decisions (best step, which
+    prompt is served) are made on the corpus' select split and the table is measured on its test split. A second run
+    reuses the compressed models, the prompt and the evidence. --train gptq-w3-g128 trains for one target only.
     """
     from ctpreg.trainer.deps import require
 
