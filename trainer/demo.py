@@ -109,9 +109,9 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
     report = DemoReport(config)
     log.info(
         "demo plan: %s, train %s on %s (%d steps, %d-token prompt, %d-token windows, %d eval windows, "
-        "%d calibration windows), transfer to %s", config.model, config.train_compression, config.dataset,
-        config.steps, config.num_tokens, config.seq_len, config.eval_windows, config.calibration_windows,
-        ", ".join(config.targets),
+        "%d calibration windows), validate on each of %s", config.model, ", ".join(config.trained_on),
+        config.dataset, config.steps, config.num_tokens, config.seq_len, config.eval_windows,
+        config.calibration_windows, ", ".join(dict.fromkeys([*config.trained_on, *config.targets])),
     )
     base = load_base(config.model, model_path=config.model_path, device=config.device)
     artifact_path, reused = _train_or_reuse(config, base, home)
