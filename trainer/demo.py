@@ -51,7 +51,7 @@ class DemoConfig:
     steps: int = 100
     lr: float = 3e-2
     batch_size: int = 4
-    eval_every: int = 25
+    eval_every: int = 50  # each check measures every target trained on: 3 checks keep a fresh run under 15 min
     eval_windows: int = 20
     calibration_windows: int = 32
     device: str = "auto"

@@ -69,15 +69,17 @@ def demo(
     table(
         f"{model}: prompt trained on {train_compression}/{dataset}; every row measured on {windows}{full_note}",
         ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered (ppl)", "(log-ppl)", "served prompt",
-         "how", "why (decided on select)", "seconds"],
+         "how", "seconds"],
         [
             (r.target, f"{r.ppl_full:.2f}", f"{r.ppl_compressed:.2f}",
              f"{r.ppl_prompted:.2f}" if r.ppl_prompted is not None else "", *gap_cells(r), r.served or "none",
-             r.note, r.why, f"{r.seconds:.0f}")
+             r.note, f"{r.seconds:.0f}")
             for r in report.rows
         ],
     )
-    info(f"best step and served prompts chosen on {_describe(report.select_data)}")
+    info(f"best step and served prompts chosen on {_describe(report.select_data)}; why:")
+    for r in report.rows:
+        info(f"  {r.target}: {r.why}")
     info(f"demo finished in {report.total_seconds:.0f}s ({report.step_seconds:.2f}s per training step)"
          + ("; reused the trained prompt" if report.reused_prompt else ""))
 
