@@ -68,10 +68,12 @@ def test_demo_with_a_small_budget(env: Path, capsys) -> None:
         assert point["ppl_full"] == pytest.approx(rows[target]["ppl_full"]), "the tester recorded the full model"
         assert point["ppl_compressed"] == pytest.approx(rows[target]["ppl_compressed"])
         assert point["ppl_prompted"] == pytest.approx(rows[target]["ppl_prompted"])
-    trained = {row["served"] for row in rows.values() if row["served"]}
-    assert len(trained) <= 1, "one prompt, trained on the three targets, is what any of them serves"
+    multi = "smollm2-135m/gptq-w3-g128/wiki:1"  # trained on all three targets, named after the first
+    for target in ("gptq-w3-g128", "sparsegpt-s50"):  # the only prompt trained for these (4-bit has the first test's)
+        assert rows[target]["served"] in (multi, None) and rows[target]["note"].startswith("trained here"), target
     assert all(point["source"] == "evidence" for point in on_test.values()), "each measured by the demo's tester"
-    assert {p["eval_key"] for p in points} == {report["eval_data"]["key"], report["select_data"]["key"]}
+    # the first test's 4-bit artifact adds its own 8 test windows; the demo adds its test and select windows
+    assert {report["eval_data"]["key"], report["select_data"]["key"]} <= {p["eval_key"] for p in points}
 
 
 def test_saved_gptq_checkpoint_validated_as_it_is_and_attached(env: Path, tmp_path: Path, capsys) -> None:
