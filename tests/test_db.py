@@ -161,3 +161,17 @@ def test_upgrade_to_0004_keeps_evidence_without_a_full_figure(empty_db_url: str)
         assert conn.execute(text("SELECT ppl_with FROM transfer_result")).scalars().all() == [30.0]
     upgrade(db.engine)
     db.dispose()
+
+
+def test_aliases_are_read_in_batches_so_long_lists_stay_under_the_parameter_limit(
+    registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL binds at most 65,535 parameters: listing 100,000 prompts once failed there. Batches of 2 here."""
+    from ctpreg.registry.db import crud
+    from helpers import artifact_bytes
+
+    for i in range(5):
+        registry.publish_bytes(artifact_bytes(seed=i), name=f"team/p{i}")
+    monkeypatch.setattr(crud, "ALIAS_BATCH", 2)
+    listed = registry.list_prompts()
+    assert len(listed) == 5 and all(record.aliases == ("latest",) for record in listed)

@@ -28,6 +28,7 @@ from . import ranking
 from .models import AliasRow, BaseModelRow, PromptRow, PromptTargetRow, TransferResultRow, utcnow
 
 MAX_VERSION_ATTEMPTS = 200
+ALIAS_BATCH = 10_000
 _prompt = PromptRow.__table__
 _alias = AliasRow.__table__
 _base = BaseModelRow.__table__
@@ -136,10 +137,12 @@ def _records(
     aliases: dict[int, list[str]] = {}
     if with_aliases and rows:
         ids = [row.id for row in rows]
-        for prompt_id, alias in connection.execute(
-            select(_alias.c.prompt_id, _alias.c.alias).where(_alias.c.prompt_id.in_(ids))
-        ):
-            aliases.setdefault(prompt_id, []).append(alias)
+        for start in range(0, len(ids), ALIAS_BATCH):  # PostgreSQL binds at most 65,535 parameters per statement
+            batch = ids[start : start + ALIAS_BATCH]
+            for prompt_id, alias in connection.execute(
+                select(_alias.c.prompt_id, _alias.c.alias).where(_alias.c.prompt_id.in_(batch))
+            ):
+                aliases.setdefault(prompt_id, []).append(alias)
     return [_to_record(row, aliases.get(row.id, ())) for row in rows]
 
 
