@@ -23,7 +23,7 @@ def demo(
         help="Compression the prompt is trained on; several, comma-separated, train one prompt on all of them.",
     )] = "gptq-w3-g128,gptq-w4-g128,sparsegpt-s50",
     targets: Annotated[str, typer.Option(
-        help="Comma-separated transfer targets.",
+        help="Comma-separated targets to validate on as well (those already trained on are validated once).",
     )] = "gptq-w4-g128,gptq-w2-g128,sparsegpt-s50",
     dataset: Annotated[str, typer.Option(
         help="Corpus: its train split trains, select decides, test gives the table.",
