@@ -98,9 +98,6 @@ class TokenWindows:
             digest.update(windows.numpy().tobytes())
         return digest.hexdigest()
 
-    def split(self, name: str) -> torch.Tensor:
-        return {"train": self.train, SELECT: self.select, TEST: self.test}[name]
-
 
 def _gensim_data(filename: str) -> Path:
     spec = importlib.util.find_spec("gensim")

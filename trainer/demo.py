@@ -41,8 +41,8 @@ class DemoConfig:
     model: str = "smollm2-135m"
     model_path: str | None = None
     # One spec, or several comma-separated: one prompt trained on all. One prompt for the three working targets
-    # serves at each (test: 41% / 37% / 23% of the gap at 3-bit / 4-bit / SparseGPT 50%), where a 3-bit prompt
-    # served 48% / 26% / nothing (bench/recovery.py and a --targets run, 20 tokens, 100 steps).
+    # recovered 41% / 37% / 23% of the gap at 3-bit / 4-bit / SparseGPT 50% on test, where a 3-bit prompt recovered
+    # 48% / 26% at 3 / 4 bits on the same windows (a --targets run and bench/recovery.py, 20 tokens, 100 steps).
     train_compression: str = "gptq-w3-g128,gptq-w4-g128,sparsegpt-s50"
     targets: tuple[str, ...] = ("gptq-w4-g128", "gptq-w2-g128", "sparsegpt-s50")
     dataset: str = "wiki"
@@ -51,7 +51,7 @@ class DemoConfig:
     steps: int = 100
     lr: float = 3e-2
     batch_size: int = 4
-    eval_every: int = 50  # each check measures every target trained on: 3 checks keep a fresh run under 15 min
+    eval_every: int = 50  # each check measures every target trained on: 3 checks instead of 5
     eval_windows: int = 20
     calibration_windows: int = 32
     device: str = "auto"

@@ -96,7 +96,7 @@ class TrainResult:
     best_select_ppl: float
     best_step: int
     initial_select_ppl: float
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     step_seconds: float
     tokens_per_second: float
 
@@ -221,7 +221,7 @@ class _TrainState:
     best_ppl: float = float("inf")
     best_step: int = 0
     initial_ppl: float = float("nan")
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
 
