@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import Conflict, InvalidInput
 from .fingerprint import embedding_fingerprint
+from .head_loss import linear_nll
 
 IGNORE_INDEX = -100
 
@@ -81,18 +82,32 @@ def _decoder(model: nn.Module) -> nn.Module:
     return decoder
 
 
-def next_token_logits(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits [B, L-1, V] at the positions that predict ``input_ids[:, 1:]``; none for prompt positions."""
+def scored_hidden(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Final hidden states [B, L-1, H] at the positions that predict ``input_ids[:, 1:]``; none for prompt positions."""
     embeds, mask = prepend_prompt(model, input_ids, prompt)
     hidden = _decoder(model)(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
     offset = 0 if prompt is None else prompt.shape[0]
-    return model.get_output_embeddings()(hidden[:, offset : offset + input_ids.shape[1] - 1])
+    return hidden[:, offset : offset + input_ids.shape[1] - 1]
+
+
+def next_token_logits(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, L-1, V] at the positions that predict ``input_ids[:, 1:]``; none for prompt positions."""
+    return model.get_output_embeddings()(scored_hidden(model, input_ids, prompt))
 
 
 def token_nll(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token negative log-likelihood [B, L-1] of ``input_ids[:, 1:]`` (float32)."""
-    logits = next_token_logits(model, input_ids, prompt).float()
+    """Per-token negative log-likelihood [B, L-1] of ``input_ids[:, 1:]`` (float32).
+
+    A plain linear head goes through ``linear_nll`` (chunked, never the full logits); any other head through its
+    logits and ``F.cross_entropy``, with the same values.
+    """
     targets = input_ids[:, 1:]
+    head = model.get_output_embeddings()
+    if type(head) is nn.Linear:
+        hidden = scored_hidden(model, input_ids, prompt)
+        nll = linear_nll(hidden.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1))
+        return nll.view_as(targets)
+    logits = next_token_logits(model, input_ids, prompt).float()
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     return nll.view_as(targets)
 

@@ -1,6 +1,6 @@
 """Soft prompts: trainable vectors prepended to the token embeddings of a frozen causal LM, and their losses.
 
-Scoring (``token_nll``, ``next_token_logits``) lives beside ``prepend_prompt`` in ``ctpreg.registry.prompted``, so the
+Scoring (``token_nll``, ``scored_hidden``) lives beside ``prepend_prompt`` in ``ctpreg.registry.prompted``, so the
 load-time validator measures exactly what the trainer optimises and evaluates. Every loss here is taken over the same
 scored positions (those predicting tokens 2..L), never over prompt positions.
 """
@@ -8,11 +8,11 @@ scored positions (those predicting tokens 2..L), never over prompt positions.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ctpreg.registry.errors import InvalidInput
-from ctpreg.registry.prompted import next_token_logits, token_nll
+from ctpreg.registry.head_loss import head_loss
+from ctpreg.registry.prompted import scored_hidden, token_nll
 
 # ce: next-token cross-entropy on the text (the paper's objective). kd: KL(teacher || prompted student) per scored
 # position, the teacher being the uncompressed model on the same window, so the prompt learns to restore the base
@@ -33,30 +33,26 @@ def mean_nll(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | N
     return token_nll(model, input_ids, prompt).mean()
 
 
-def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(teacher || student), both given as logits [..., V] (computed in float32)."""
-    vocab = student_logits.shape[-1]
-    student = F.log_softmax(student_logits.float().reshape(-1, vocab), dim=-1)
-    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab), dim=-1)
-    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
-
-
 def prompt_loss(
     model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor, *, loss: str = "ce",
     teacher: nn.Module | None = None,
 ) -> torch.Tensor:
-    """The training objective ``loss`` (one of ``LOSSES``) of the prompted ``model`` on full windows."""
+    """The training objective ``loss`` (one of ``LOSSES``) of the prompted ``model`` on full windows.
+
+    The kd terms take the student's and the teacher's logits chunk by chunk (``head_loss``), never whole.
+    """
     if loss not in LOSSES:
         raise InvalidInput(f"unknown loss {loss!r}: use {', '.join(LOSSES)}")
     if loss == "ce":
         return mean_nll(model, input_ids, prompt)
     if teacher is None:
         raise InvalidInput(f"loss {loss} needs the uncompressed model as teacher")
-    logits = next_token_logits(model, input_ids, prompt)
+    hidden = scored_hidden(model, input_ids, prompt)
     with torch.no_grad():
-        teacher_logits = next_token_logits(teacher, input_ids)
-    total = kl_to_teacher(logits, teacher_logits)
-    if loss == "ce+kd":
-        targets = input_ids[:, 1:].reshape(-1)
-        total = total + F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets)
-    return total
+        teacher_hidden = scored_hidden(teacher, input_ids)
+    width = hidden.shape[-1]
+    return head_loss(
+        hidden.reshape(-1, width), model.get_output_embeddings(), input_ids[:, 1:].reshape(-1),
+        ce=1.0 if loss == "ce+kd" else 0.0, kd=1.0, teacher_hidden=teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
+        teacher_head=teacher.get_output_embeddings(),
+    ).mean()
