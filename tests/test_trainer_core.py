@@ -257,28 +257,3 @@ def test_kd_training_moves_the_prompted_model_towards_the_teacher(tmp_path: Path
         before = float(prompt_loss(student.model, windows.test, start, loss="kd", teacher=teacher.model))
         after = float(prompt_loss(student.model, windows.test, last, loss="kd", teacher=teacher.model))
     assert after < 0.95 * before, (before, after)  # measured: 0.0251 -> 0.0228
-
-
-def test_bf16_training_copy_leaves_the_model_and_its_buffers_as_they_are(tmp_path: Path, monkeypatch) -> None:
-    from ctpreg.trainer import train
-    from ctpreg.trainer.models import bf16_native, bf16_training_copy
-
-    tiny = tiny_llama(seed=7)
-    before = {name: p.clone() for name, p in tiny.model.named_parameters()}
-    copy = bf16_training_copy(tiny.model)
-    assert copy is not tiny.model and all(p.dtype == torch.bfloat16 for p in copy.parameters())
-    assert all(b.dtype == torch.float32 for b in copy.buffers() if b.is_floating_point()), "rotary stays fp32"
-    assert not any(p.requires_grad for p in copy.parameters())
-    for name, p in tiny.model.named_parameters():
-        assert p.dtype == torch.float32 and torch.equal(p, before[name])
-    assert bf16_training_copy(copy) is copy, "a model that is not float32 is used as it is"
-    # The trainer steps on such a copy where the CPU has bf16; the caller's model is never converted.
-    stepped_on = []
-    real_loss = train.prompt_loss
-    monkeypatch.setattr(train, "prompt_loss", lambda m, *a, **k: stepped_on.append(m.lm_head.weight.dtype)
-                        or real_loss(m, *a, **k))
-    windows = make_windows(tiny.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=16)
-    train_prompt(tiny.model, windows, TrainConfig(num_tokens=2, steps=2, eval_every=2, autocast_bf16=True))
-    expected = torch.bfloat16 if bf16_native(torch.device("cpu")) else torch.float32
-    assert stepped_on == [expected, expected]
-    assert all(p.dtype == torch.float32 for p in tiny.model.parameters())

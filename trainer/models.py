@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from dataclasses import dataclass
@@ -67,22 +66,6 @@ def bf16_native(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def bf16_training_copy(model: nn.Module) -> nn.Module:
-    """A frozen copy whose float32 weights are bf16, for training steps only; ``model`` itself is left as it is.
-
-    Under bf16 autocast every matmul already rounds its weights to bf16, so the copy changes what the norms and the
-    residual stream compute in, not the matmuls: on SmolLM2-135M the select-split perplexity moves by 0.09% (autocast
-    alone: 0.15%) and a step is ~15% faster (``bench/train_throughput.py``). Buffers (rotary frequencies) stay
-    float32. A model with any non-float32 weight (a quantized kernel's packed integers) is returned as it is.
-    """
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        return model
-    clone = copy.deepcopy(model)
-    for parameter in clone.parameters():
-        parameter.data = parameter.data.to(torch.bfloat16)
-    return freeze(clone)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -1,11 +1,10 @@
 """Soft-prompt training loop (nanoGPT shape: config at the top, ``get_batch`` / ``get_lr``, one loop in a fixed order).
 
 Every model weight is frozen; the prompt is the only parameter the optimizer sees, so no optimizer state exists for
-the model. Where the hardware computes bf16, steps run under autocast on bf16 copies of the frozen weights
-(``models.bf16_training_copy``) while every evaluation runs on the float32 models. AdamW with linear warmup then
-cosine decay, gradient clipping, and every ``eval_every`` steps a perplexity on the ``select`` split; the prompt that
-is best there is kept. The ``test`` split is never seen here. Checkpoints are safetensors (prompt, best prompt, Adam
-moments) plus JSON in the header, never pickle; ``resume`` continues exactly where a checkpoint left off.
+the model. AdamW with linear warmup then cosine decay, gradient clipping, and every ``eval_every`` steps a perplexity
+on the ``select`` split; the prompt that is best there is kept. The ``test`` split is never seen here. Checkpoints
+are safetensors (prompt, best prompt, Adam moments) plus JSON in the header, never pickle; ``resume`` continues
+exactly where a checkpoint left off.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from ctpreg.registry.errors import InvalidInput
 from .data import TokenWindows
 from .distributed import average_gradient, is_main, rank_and_world
 from .evaluate import perplexity
-from .models import bf16_native, bf16_training_copy
+from .models import bf16_native
 from .progress import progress
 from .prompt import LOSSES, init_from_vocabulary, prompt_loss
 
@@ -53,8 +52,7 @@ class TrainConfig:
     eval_batch_size: int = field(default=4, metadata={"help": "windows per evaluation batch"})
     autocast_bf16: bool = field(
         default=True,
-        metadata={"help": "bf16 weight copies and autocast for training steps where the hardware has bf16 "
-                          "(evaluation stays float32)"},
+        metadata={"help": "bf16 autocast for training steps where the hardware has bf16 (not for evaluation)"},
     )
     seed: int = field(default=0, metadata={"help": "prompt init and batch order"})
     loss: str = field(default="ce", metadata={"help": "objective: ce, kd (KL to the uncompressed model) or ce+kd"})
@@ -177,10 +175,6 @@ def train_prompt(
 
     if state.step == 0 and not state.history:
         state.initial_ppl = evaluate(0)
-    trainees, trainee_teacher = models, teacher  # what the steps run on; evaluation always uses ``models``
-    if uses_autocast(config, device):
-        trainees = [bf16_training_copy(m) for m in models]
-        trainee_teacher = bf16_training_copy(teacher) if teacher is not None else None
     tokens_per_step = config.batch_size * rank_and_world()[1] * (windows.seq_len - 1)
     bar = progress(range(state.step, config.steps), desc="train", unit="step", initial=state.step, total=config.steps)
     started, steps_run = time.perf_counter(), 0
@@ -192,11 +186,9 @@ def train_prompt(
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, config)
         batch = get_batch(windows.train, step, config).to(device)
-        trained = trainees if config.schedule == "sum" else [trainees[step % len(trainees)]]
+        trained = models if config.schedule == "sum" else [models[step % len(models)]]
         with _autocast(config, device):
-            loss = sum(
-                prompt_loss(m, batch, prompt, loss=config.loss, teacher=trainee_teacher) for m in trained
-            ) / len(trained)
+            loss = sum(prompt_loss(m, batch, prompt, loss=config.loss, teacher=teacher) for m in trained) / len(trained)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradient(prompt)
