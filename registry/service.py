@@ -159,11 +159,15 @@ class Registry:
                 assert model is not None and model.id is not None
             values["base_model_id"] = model.id
             record, created = crud.insert_next_version(session, values=values, model=model, targets=targets)
-            if created:
-                crud.refresh_latest(session, name=name)
+            if created:  # under the name's lock a new version is the newest, and nothing else points at it yet
+                crud.set_alias(session, name=name, alias=LATEST, prompt_id=record.id)
             if alias:
                 crud.set_alias(session, name=name, alias=alias, prompt_id=record.id)
-            record = replace(record, aliases=crud.aliases_of(session, prompt_id=record.id))
+            if created:
+                aliases = tuple(sorted({LATEST, *([alias] if alias else [])}))
+            else:
+                aliases = crud.aliases_of(session, prompt_id=record.id)
+            record = replace(record, aliases=aliases)
         self._known_models[meta.model] = model
         self._restore_after_commit(key, data, record)
         log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")

@@ -163,6 +163,7 @@ def insert_next_version(
     under the same name returns the existing version.
     """
     name, sha = values["name"], values["sha256"]
+    lock_name(session, name)  # concurrent publishers of one name queue here instead of colliding on a version
     next_version = (
         select(func.coalesce(func.max(_prompt.c.version), 0) + 1).where(_prompt.c.name == name).scalar_subquery()
     )
@@ -191,6 +192,14 @@ def aliases_of(session: Session, *, prompt_id: int) -> tuple[str, ...]:
     return tuple(sorted(rows.scalars()))
 
 
+def lock_name(session: Session, name: str) -> None:
+    """On PostgreSQL, a transaction-scoped advisory lock on ``name`` (re-entrant; SQLite's ``BEGIN IMMEDIATE``
+    already serialises writers). Taken before a version is chosen, a publisher never computes the version another
+    one is about to commit, so no insert waits on the unique index only to conflict and retry."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
+
+
 def refresh_latest(session: Session, *, name: str) -> None:
     """Point ``name@latest`` at the newest version that is not deprecated (or remove it when none is left).
 
@@ -199,8 +208,7 @@ def refresh_latest(session: Session, *, name: str) -> None:
     the query after the lock sees every concurrent publish or deprecate that committed while this one waited. So
     the last to commit decides from the full picture, and ``latest`` never lands on a deprecated or older version.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
+    lock_name(session, name)
     newest = session.execute(
         select(_prompt.c.id).where(_prompt.c.name == name, _prompt.c.deprecated.is_(False))
         .order_by(_prompt.c.version.desc()).limit(1)
