@@ -79,6 +79,12 @@ def test_demo_with_one_prompt_for_several_targets_validates_each(model_dir, tmp_
         assert rows[target]["note"].startswith("trained here; "), rows[target]
         assert "exact match" in rows[target]["why"] or "measured on this target" in rows[target]["why"]
     assert all(row["ppl_compressed"] > 1 for row in rows.values())
+    multi = "tiny-llama/gptq-w4-g32/corpus:1"
+    per_target = run_json(capsys, "show", multi)["metrics"]["targets"]
+    for target in ("gptq-w4-g32", "magnitude-s50"):  # served as trained: the row is the artifact's test figures
+        assert rows[target]["served"] == multi, rows[target]
+        for key in ("ppl_full", "ppl_compressed", "ppl_prompted"):
+            assert rows[target][key] == per_target[target][key], (target, key)
 
 
 def test_generate_with_and_without_the_resolved_prompt(model_dir, tmp_path, capsys, cli_env) -> None:

@@ -24,7 +24,7 @@ def demo(
     )] = "gptq-w3-g128,gptq-w4-g128,sparsegpt-s50",
     targets: Annotated[str, typer.Option(
         help="Comma-separated targets to validate on as well (those already trained on are validated once).",
-    )] = "gptq-w4-g128,gptq-w2-g128,sparsegpt-s50",
+    )] = "gptq-w4-g128,sparsegpt-s50,wanda-s50",
     dataset: Annotated[str, typer.Option(
         help="Corpus: its train split trains, select decides, test gives the table.",
     )] = "wiki",
@@ -41,7 +41,7 @@ def demo(
     """Run the main job end to end on the embedded defaults (SQLite + local objects + packaged SmolLM2-135M).
 
     Compress to GPTQ 3-bit, GPTQ 4-bit and SparseGPT 50%, learn one prompt on wiki for the three, publish it, then
-    resolve it with validation for each of them and for GPTQ 2-bit (never trained on). Decisions (best step, which
+    resolve it with validation for each of them and for Wanda 50% (never trained on). Decisions (best step, which
     prompt is served) are made on the corpus' select split and the table is measured on its test split. A second run
     reuses the compressed models, the prompt and the evidence. --train gptq-w3-g128 trains for one target only.
     """
