@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, update
@@ -398,6 +399,26 @@ _EVIDENCE_QUERY = (
 )
 
 
+@lru_cache(maxsize=64)
+def _evidence_statement(
+    by_compression: bool, by_key: bool, kinds: tuple[str, ...] | None, by_eval_key: bool
+) -> Select:
+    """The evidence query for one combination of filters, built once (values are bound parameters)."""
+    statement = _EVIDENCE_QUERY
+    if by_compression:
+        statement = statement.where(_result.c.target_compression == bindparam("target_compression"))
+    if by_key:
+        statement = statement.where(_result.c.target_key == bindparam("target_key"))
+    elif kinds is not None:
+        statement = statement.where(
+            or_(*[_result.c.target_key == kind for kind in kinds if kind == LEGACY_KEY],
+                *[_result.c.target_key.startswith(f"{kind}:") for kind in kinds if kind != LEGACY_KEY])
+        )
+    if by_eval_key:
+        statement = statement.where(_result.c.eval_key == bindparam("eval_key"))
+    return statement
+
+
 def evidence_for(
     session: Session,
     *,
@@ -409,19 +430,13 @@ def evidence_for(
 ) -> list[Evidence]:
     """Measurements on ``target_model``, oldest first; optionally only one compression of it, one target identity
     (``target_key``) or identities of some kinds (``target_kinds``), and one evaluation data set (``eval_key``)."""
-    statement = _EVIDENCE_QUERY
-    if target_compression is not None:
-        statement = statement.where(_result.c.target_compression == target_compression)
-    if target_key is not None:
-        statement = statement.where(_result.c.target_key == target_key)
-    elif target_kinds is not None:
-        statement = statement.where(
-            or_(*[_result.c.target_key == kind for kind in target_kinds if kind == LEGACY_KEY],
-                *[_result.c.target_key.startswith(f"{kind}:") for kind in target_kinds if kind != LEGACY_KEY])
-        )
-    if eval_key is not None:
-        statement = statement.where(_result.c.eval_key == eval_key)
-    rows = session.connection().execute(statement, {"target_model": target_model})
+    statement = _evidence_statement(
+        target_compression is not None, target_key is not None,
+        tuple(target_kinds) if target_key is None and target_kinds is not None else None, eval_key is not None,
+    )
+    values = {"target_model": target_model, "target_compression": target_compression, "target_key": target_key,
+              "eval_key": eval_key}
+    rows = session.connection().execute(statement, {k: v for k, v in values.items() if v is not None})
     return [
         Evidence(
             prompt_id=row.prompt_id, target_model=row.target_name, target_compression=row.target_compression,
