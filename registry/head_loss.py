@@ -19,11 +19,6 @@ from torch import nn
 ROWS_PER_CHUNK = 256  # 256 x 49k float32 logits = 50 MB; 1,024-row chunks measured slower on 2 cores
 
 
-def linear_nll(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> torch.Tensor:
-    """NLL [N] (float32) of ``targets`` [N] under the logits ``head(hidden)`` for ``hidden`` [N, H]."""
-    return head_loss(hidden, head, targets)
-
-
 def head_loss(
     hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, *, ce: float = 1.0, kd: float = 0.0,
     teacher_hidden: torch.Tensor | None = None, teacher_head: nn.Linear | None = None,

@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import Conflict, InvalidInput
 from .fingerprint import embedding_fingerprint
-from .head_loss import linear_nll
+from .head_loss import head_loss
 
 IGNORE_INDEX = -100
 
@@ -98,14 +98,14 @@ def next_token_logits(model: nn.Module, input_ids: torch.Tensor, prompt: torch.T
 def token_nll(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token negative log-likelihood [B, L-1] of ``input_ids[:, 1:]`` (float32).
 
-    A plain linear head goes through ``linear_nll`` (chunked, never the full logits); any other head through its
+    A plain linear head goes through ``head_loss`` (chunked, never the full logits); any other head through its
     logits and ``F.cross_entropy``, with the same values.
     """
     targets = input_ids[:, 1:]
     head = model.get_output_embeddings()
     if type(head) is nn.Linear:
         hidden = scored_hidden(model, input_ids, prompt)
-        nll = linear_nll(hidden.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1))
+        nll = head_loss(hidden.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1))
         return nll.view_as(targets)
     logits = next_token_logits(model, input_ids, prompt).float()
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")

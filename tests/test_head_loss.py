@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from torch import nn
 
-from ctpreg.registry.head_loss import head_loss, linear_nll
+from ctpreg.registry.head_loss import head_loss
 
 
 def _head(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
@@ -58,10 +58,10 @@ def test_under_bf16_autocast_it_matches_autocast_logits_to_bf16_rounding() -> No
 def test_no_gradient_work_without_grad_and_a_trainable_head_is_refused() -> None:
     weight, targets = torch.randn(11, 4), torch.randint(0, 11, (3,))
     with torch.no_grad():
-        assert not linear_nll(torch.randn(3, 4), _head(weight), targets).requires_grad
-        assert linear_nll(torch.randn(3, 4), _head(weight).requires_grad_(), targets).shape == (3,)  # evaluation
+        assert not head_loss(torch.randn(3, 4), _head(weight), targets).requires_grad
+        assert head_loss(torch.randn(3, 4), _head(weight).requires_grad_(), targets).shape == (3,)  # evaluation
     with pytest.raises(ValueError, match="freeze"):
-        linear_nll(torch.randn(3, 4), _head(weight).requires_grad_(), targets)
+        head_loss(torch.randn(3, 4), _head(weight).requires_grad_(), targets)
     with pytest.raises(ValueError, match="teacher"):
         head_loss(torch.randn(3, 4), _head(weight), targets, kd=1.0)
 

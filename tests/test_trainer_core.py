@@ -52,9 +52,9 @@ def test_uniform_model_has_perplexity_equal_to_vocab_size_with_or_without_prompt
 
 def test_frozen_model_gets_no_gradients_and_no_lm_head_work_for_prompt(tiny, monkeypatch) -> None:
     calls = []
-    real = prompted.linear_nll
+    real = prompted.head_loss
     monkeypatch.setattr(
-        prompted, "linear_nll", lambda hidden, *args, **kw: calls.append(hidden.shape) or real(hidden, *args, **kw)
+        prompted, "head_loss", lambda hidden, *args, **kw: calls.append(hidden.shape) or real(hidden, *args, **kw)
     )
     prompt = torch.nn.Parameter(init_from_vocabulary(tiny.model, 6))
     mean_nll(tiny.model, torch.randint(3, tiny.vocab_size, (2, 10)), prompt).backward()

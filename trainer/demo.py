@@ -134,14 +134,14 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
     windows = tester.eval_set(whole).data
     report.eval_data = windows.to_dict()
     trained_note = "trained earlier, reused" if reused else "trained here"
+    artifact_on_test = (metrics.get("eval_data") or {}).get("key") == windows.key  # its figures: these windows
     if len(config.trained_on) > 1:  # a prompt for several targets: the validator decides each one on select
-        recorded = meta.metrics if (meta.metrics.get("eval_data") or {}).get("key") == windows.key else None
         for text in config.trained_on:
-            figures = (published.ref, meta.target_metrics(parse_compression(text))) if recorded else None
+            figures = (published.ref, meta.target_metrics(parse_compression(text))) if artifact_on_test else None
             report.rows.append(
                 _transfer_row(registry, validator, tester, config.model, text, trained_note, recorded=figures)
             )
-    elif (metrics.get("eval_data") or {}).get("key") == windows.key:
+    elif artifact_on_test:
         report.rows.append(DemoRow(
             target=config.trained_on[0], ppl_full=metrics["ppl_full"], ppl_compressed=metrics["ppl_compressed"],
             ppl_prompted=metrics["ppl_prompted"], gap_recovered=metrics.get("gap_recovered"), served=published.ref,
