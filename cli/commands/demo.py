@@ -33,7 +33,7 @@ def demo(
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
     eval_windows: Annotated[int, typer.Option(
         min=1, help="Windows of the select split (decisions) and of the test split (every figure in the table).",
-    )] = 20,
+    )] = 16,
     calibration_windows: CalibrationWindowsOption = 32,
     device: DeviceOption = "auto",
     as_json: JsonFlag = False,
