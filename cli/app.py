@@ -6,7 +6,7 @@ import typer
 
 from ctpreg.registry.settings import Settings
 
-from .commands import admin, demo, generate, peft, prompts, proxy, report, resolve, train
+from .commands import admin, demo, generate, peft, prompts, proxy, report, resolve, serve, train
 from .state import CliState
 
 app = typer.Typer(
@@ -14,7 +14,7 @@ app = typer.Typer(
     help=(
         "Registry and transfer service for soft prompts that recover compressed LLMs.\n\n"
         "Configure with CTPREG_HOME, CTPREG_DB_URL, CTPREG_STORE_URL, CTPREG_S3_ENDPOINT_URL, CTPREG_CACHE_DIR, "
-        "CTPREG_OFFLINE (see README)."
+        "CTPREG_OFFLINE; CTPREG_URL and CTPREG_TOKEN for a registry served by `ctpreg serve` (see README)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -42,8 +42,10 @@ app.command()(demo.demo)
 app.command()(report.report)
 app.command()(generate.generate)
 app.command()(proxy.proxy)
+app.command()(serve.serve)
 app.command()(peft.export)
 app.command("import")(peft.import_)
 app.add_typer(prompts.alias_app, name="alias")
 app.add_typer(admin.models_app, name="models")
 app.add_typer(admin.db_app, name="db")
+app.add_typer(serve.tokens_app, name="tokens")

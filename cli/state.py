@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import typer
 
 from ctpreg.registry import Client, Registry, Settings
 from ctpreg.registry.errors import OfflineMiss
+from ctpreg.registry.service import open_registry
+
+if TYPE_CHECKING:
+    from ctpreg.registry.remote import RemoteRegistry
 
 
 @dataclass
@@ -16,11 +21,11 @@ class CliState:
     settings: Settings
 
     @cached_property
-    def registry(self) -> Registry:
+    def registry(self) -> Registry | RemoteRegistry:
         if self.settings.offline:
             raise OfflineMiss("CTPREG_OFFLINE=1: this command needs the registry; offline, only `ctpreg fetch` of "
                               "previously fetched references and the Python client's cached resolutions work")
-        return Registry.from_settings(self.settings)
+        return open_registry(self.settings)
 
     @cached_property
     def client(self) -> Client:

@@ -26,12 +26,13 @@ from .matcher import Target
 from .records import PromptRecord
 from .refs import PromptRef, parse_ref
 from .resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K, Validator, resolve
-from .service import Registry
+from .service import Registry, open_registry
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .artifacts import PromptArtifact, PromptMetadata
     from .load_time import LoadedTarget
+    from .remote import RemoteRegistry
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class ResolvedPrompt:
 
 
 class Client:
-    def __init__(self, settings: Settings, *, registry: Registry | None = None) -> None:
+    def __init__(self, settings: Settings, *, registry: Registry | RemoteRegistry | None = None) -> None:
         self.settings = settings
         self.cache = PromptCache(settings.cache_dir)
         self._registry = registry
@@ -102,11 +103,11 @@ class Client:
         return cls(Settings.from_env(environ))
 
     @property
-    def registry(self) -> Registry:
+    def registry(self) -> Registry | RemoteRegistry:
         if self.settings.offline:
             raise OfflineMiss("CTPREG_OFFLINE=1: the registry is not contacted")
         if self._registry is None:
-            self._registry = Registry.from_settings(self.settings)
+            self._registry = open_registry(self.settings)
         return self._registry
 
     def resolve(

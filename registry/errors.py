@@ -83,3 +83,25 @@ class MissingExtra(CtpregError):
     """A command needs an optional dependency group that is not installed."""
 
     exit_code = 12
+
+
+class Unauthorized(CtpregError):
+    """No API token, or one that is unknown, expired or revoked (HTTP 401)."""
+
+    exit_code = 13
+
+
+class Forbidden(CtpregError):
+    """A valid API token whose scope does not cover the request (HTTP 403)."""
+
+    exit_code = 14
+
+
+def error_class(name: str) -> type[CtpregError]:
+    """The error class a server named on the wire (``CtpregError`` for a name this version does not know)."""
+    found = {cls.__name__: cls for cls in _subclasses(CtpregError)}.get(name)
+    return found or CtpregError
+
+
+def _subclasses(cls: type[CtpregError]) -> list[type[CtpregError]]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]

@@ -21,6 +21,10 @@ _FINGERPRINT_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _VERSION_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits, and a version that fits every integer column
 LATEST = "latest"
+#: What a reference looks like, as one regular expression (for API schemas; ``parse_ref`` checks more).
+REF_PATTERN = (rf"^(?:{_SHA_PREFIX_RE.pattern}|{_NAME_RE.pattern}(?::{_VERSION_RE.pattern}|@{_ALIAS_RE.pattern})?)$")
+NAME_PATTERN, ALIAS_PATTERN = f"^{_NAME_RE.pattern}$", f"^{_ALIAS_RE.pattern}$"
+MODEL_PATTERN, FINGERPRINT_PATTERN = f"^{_MODEL_RE.pattern}$", f"^{_FINGERPRINT_RE.pattern}$"
 MAX_NAME_CHARS = 512  # the prompt name column
 MAX_TEXT_CHARS = 256  # the dataset and task columns
 

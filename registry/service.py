@@ -27,12 +27,15 @@ from .recovery import gap_recovered, is_perplexity
 from .refs import LATEST, check_alias, check_name, check_text, parse_ref
 from .settings import Settings
 from .stores import ObjectInfo, ObjectStore, open_store, sha_of_key
+from .tokens import NewToken, TokenRecord, authorize, check_public_id, check_scope, check_token_name, new_token
+from .tokens import secret_matches, split_token
 
 if TYPE_CHECKING:
     from .artifacts import PromptArtifact, PromptMetadata
     from .db import crud
     from .db.crud import Reads
     from .db.engine import Database
+    from .remote import RemoteRegistry
 else:
     crud = lazy_module("ctpreg.registry.db.crud")  # SQLAlchemy loads when the full path first needs it
 
@@ -40,6 +43,16 @@ log = logging.getLogger(__name__)
 DEFAULT_GC_GRACE_SECONDS = 3600
 MAX_GC_GRACE_SECONDS = 10 * 365 * 86400
 DEFAULT_CANDIDATES = 20
+MAX_SIZE = 2**31 - 1  # hidden and vocab sizes: what every integer column holds
+
+
+def open_registry(settings: Settings) -> Registry | RemoteRegistry:
+    """The registry the settings name: a ``ctpreg serve`` server when ``CTPREG_URL`` is set, else the DB and store."""
+    if settings.url is not None:
+        from .remote import RemoteRegistry  # urllib3 loads only for a registry over HTTP
+
+        return RemoteRegistry.from_settings(settings)
+    return Registry.from_settings(settings)
 
 
 def default_prompt_name(metadata: PromptMetadata) -> str:
@@ -289,6 +302,9 @@ class Registry:
     # --- base models ---------------------------------------------------------------------------------------------
 
     def add_model(self, model: BaseModelRecord) -> BaseModelRecord:
+        for what, value in (("hidden size", model.hidden_size), ("vocab size", model.vocab_size)):
+            if value is not None and not 1 <= value <= MAX_SIZE:
+                raise InvalidInput(f"{what} must be an integer in 1..{MAX_SIZE}, got {value}")
         with self.db.session(write=True) as session:
             crud.ensure_base_model(
                 session, name=model.name, fingerprint=model.fingerprint, hidden_size=model.hidden_size,
@@ -389,3 +405,31 @@ class Registry:
                 session, prompt_id=prompt.id, target_model=target.model, target_compression=spec.canonical,
                 measurement=measurement, accepted=accepted,
             )
+
+    # --- API tokens (``ctpreg serve``) ---------------------------------------------------------------------------
+
+    def create_token(self, *, scope: str, name: str, expires_at: datetime | None = None) -> tuple[TokenRecord, str]:
+        """A new token of ``scope``: its record, and its value, which exists only in this return value."""
+        check_scope(scope)
+        check_token_name(name)
+        token: NewToken = new_token()
+        with self.db.session(write=True) as session:
+            record = crud.add_token(session, token=token, name=name, scope=scope, created_by=self.user,
+                                    expires_at=expires_at)
+        return record, token.value
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self.db.session() as session:
+            return crud.list_tokens(session)
+
+    def revoke_token(self, public_id: str) -> TokenRecord:
+        with self.db.session(write=True) as session:
+            return crud.revoke_token(session, public_id=check_public_id(public_id))
+
+    def authenticate(self, value: str, needed: str) -> TokenRecord:
+        """The token ``value`` if it is active and its scope covers ``needed`` (``Unauthorized`` / ``Forbidden``)."""
+        public_id, secret = split_token(value)
+        with self.db.session() as session:
+            found = crud.find_token(session, public_id=public_id)
+        record, stored = found if found is not None else (None, "0" * 64)
+        return authorize(record, secret_matches(secret, stored), needed)

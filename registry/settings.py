@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 from pathlib import Path
 
 from .errors import InvalidInput
@@ -21,6 +22,7 @@ _TOML_KEYS = {
     "s3_endpoint_url": "CTPREG_S3_ENDPOINT_URL",
     "cache_dir": "CTPREG_CACHE_DIR",
     "offline": "CTPREG_OFFLINE",
+    "url": "CTPREG_URL",
 }
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -36,6 +38,8 @@ class Settings:
     s3_endpoint_url: str | None = None
     offline: bool = False
     user: str = "unknown"
+    url: str | None = None  # a ``ctpreg serve`` registry: reads and writes go through its HTTP API
+    token: str | None = field(default=None, repr=False)  # its API token (environment only, never in a file)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +60,8 @@ class Settings:
             s3_endpoint_url=env.get("CTPREG_S3_ENDPOINT_URL") or None,
             offline=env.get("CTPREG_OFFLINE", "").strip().lower() in _TRUE,
             user=env.get("USER") or env.get("USERNAME") or "unknown",
+            url=_check_url(env.get("CTPREG_URL") or None),
+            token=env.get("CTPREG_TOKEN") or None,
         )
 
 
@@ -78,3 +84,13 @@ def _read_toml(path: Path) -> dict[str, object]:
         if not isinstance(value, str | bool) or (isinstance(value, str) and "\x00" in value):
             raise InvalidInput(f"{path}: {key} must be a string (or true/false for offline)")
     return section
+
+
+def _check_url(url: str | None) -> str | None:
+    """A registry server's base URL: http(s) with a host, kept without a trailing slash."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise InvalidInput(f"CTPREG_URL must be an http:// or https:// URL of a `ctpreg serve` registry, got {url!r}")
+    return url.rstrip("/")

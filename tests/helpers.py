@@ -11,6 +11,9 @@ import numpy as np
 from ctpreg.registry.artifacts import PromptMetadata, serialize_artifact
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.db.engine import Database
+from ctpreg.registry.identity import EvalData
+from ctpreg.registry.records import Measurement
+from ctpreg.registry.resolver import ValidationScope
 from ctpreg.registry.service import Registry
 from ctpreg.registry.stores import open_store
 
@@ -113,3 +116,27 @@ def populate_for_ranking(registry: Registry, rng: random.Random) -> None:
     for record in rng.sample(registry.list_prompts(), 25):
         if not record.deprecated:
             registry.deprecate(record.ref)
+
+
+def windows_of(label: str) -> EvalData:
+    return EvalData(corpus=label, split="validation", seq_len=256, windows=20, token_digest=label * 8)
+
+
+class CountingValidator:
+    """Measures by a table of gains, on a target identity and windows of the test's choosing."""
+
+    def __init__(self, gains: dict[str, float], *, target_key: str = "compressed:" + "ab" * 32,
+                 data: EvalData | None = None) -> None:
+        self.gains = gains
+        self.calls: list[str] = []
+        self.target_key = target_key
+        self.data = data or windows_of("news")
+
+    def scope(self, target) -> ValidationScope:
+        return ValidationScope(self.target_key, self.data)
+
+    def __call__(self, artifact, target) -> Measurement:
+        key = artifact.metadata.compression.canonical
+        self.calls.append(key)
+        return Measurement(ppl_without=50.0, ppl_with=50.0 * (1 - self.gains[key]), eval_dataset=self.data.label,
+                           eval_tokens=1000, target_key=self.target_key, eval_data=self.data)

@@ -6,11 +6,10 @@ import pytest
 
 from ctpreg.registry.errors import InvalidInput, NoCompatiblePrompt, NoHelpfulPrompt
 from ctpreg.registry.matcher import EXACT, MEASURED, OTHER_FAMILY, REJECTED, SAME_FAMILY, Target, rank
-from ctpreg.registry.identity import EvalData
-from ctpreg.registry.records import Measurement, PromptRecord
-from ctpreg.registry.resolver import ValidationScope, resolve
+from ctpreg.registry.records import PromptRecord
+from ctpreg.registry.resolver import resolve
 from ctpreg.registry.service import Registry
-from helpers import FP_A, FP_B, artifact_bytes
+from helpers import FP_A, FP_B, CountingValidator, artifact_bytes, windows_of
 
 
 def record(
@@ -82,30 +81,6 @@ def test_every_candidate_explains_itself() -> None:
 
 
 # --- resolver with evidence ----------------------------------------------------------------------------------
-
-
-def windows_of(label: str) -> EvalData:
-    return EvalData(corpus=label, split="validation", seq_len=256, windows=20, token_digest=label * 8)
-
-
-class CountingValidator:
-    """Measures by a table of gains, on a target identity and windows of the test's choosing."""
-
-    def __init__(self, gains: dict[str, float], *, target_key: str = "compressed:" + "ab" * 32,
-                 data: EvalData | None = None) -> None:
-        self.gains = gains
-        self.calls: list[str] = []
-        self.target_key = target_key
-        self.data = data or windows_of("news")
-
-    def scope(self, target) -> ValidationScope:
-        return ValidationScope(self.target_key, self.data)
-
-    def __call__(self, artifact, target) -> Measurement:
-        key = artifact.metadata.compression.canonical
-        self.calls.append(key)
-        return Measurement(ppl_without=50.0, ppl_with=50.0 * (1 - self.gains[key]), eval_dataset=self.data.label,
-                           eval_tokens=1000, target_key=self.target_key, eval_data=self.data)
 
 
 def _populate(registry: Registry) -> None:

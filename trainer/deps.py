@@ -12,6 +12,5 @@ TRAIN_MODULES = ("torch", "transformers", "safetensors")
 def require(*modules: str, extra: str = "train") -> None:
     missing = [name for name in modules or TRAIN_MODULES if importlib.util.find_spec(name) is None]
     if missing:
-        raise MissingExtra(
-            f"this command needs {', '.join(missing)}: pip install torch==2.13.0 && pip install 'ctpreg[{extra}]'"
-        )
+        torch_first = "pip install torch==2.13.0 && " if "torch" in missing else ""
+        raise MissingExtra(f"this command needs {', '.join(missing)}: {torch_first}pip install 'ctpreg[{extra}]'")

@@ -65,7 +65,7 @@ def proxy(
     """
     from ctpreg.trainer.deps import require
 
-    require(*SERVE_MODULES, extra="serve")
+    require(*SERVE_MODULES, extra="proxy")
     if dtype not in DTYPES:
         raise InvalidInput(f"--dtype must be one of {', '.join(DTYPES)}")
     if not upstream.startswith(("http://", "https://")):

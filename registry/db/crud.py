@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -26,7 +27,8 @@ from ..matcher import Target
 from ..rank_rules import distinct_head
 from ..refs import LATEST, PromptRef
 from . import ranking
-from .models import AliasRow, BaseModelRow, PromptRow, PromptTargetRow, TransferResultRow, utcnow
+from ..tokens import NewToken, TokenRecord
+from .models import AliasRow, ApiTokenRow, BaseModelRow, PromptRow, PromptTargetRow, TransferResultRow, utcnow
 
 MAX_VERSION_ATTEMPTS = 200
 ALIAS_BATCH = 10_000
@@ -449,3 +451,49 @@ def evidence_for(
         )
         for row in rows
     ]
+
+
+# --- API tokens --------------------------------------------------------------------------------------------------
+
+
+def _to_token(row: ApiTokenRow) -> TokenRecord:
+    return TokenRecord(
+        public_id=row.public_id, name=row.name, scope=row.scope, created_at=_aware(row.created_at),
+        created_by=row.created_by, expires_at=_aware(row.expires_at), revoked_at=_aware(row.revoked_at),
+    )
+
+
+def _aware(moment: Any) -> Any:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def add_token(session: Session, *, token: NewToken, name: str, scope: str, created_by: str,
+              expires_at: datetime | None) -> TokenRecord:
+    row = ApiTokenRow(public_id=token.public_id, secret_sha256=token.secret_sha256, name=name, scope=scope,
+                      created_by=created_by, expires_at=expires_at)
+    session.add(row)
+    session.flush()
+    return _to_token(row)
+
+
+def find_token(session: Session, *, public_id: str) -> tuple[TokenRecord, str] | None:
+    """The token with this public id and the stored sha256 of its secret."""
+    row = session.execute(select(ApiTokenRow).where(ApiTokenRow.public_id == public_id)).scalars().first()
+    return (_to_token(row), row.secret_sha256) if row is not None else None
+
+
+def list_tokens(session: Session) -> list[TokenRecord]:
+    rows = session.execute(select(ApiTokenRow).order_by(ApiTokenRow.id)).scalars().all()
+    return [_to_token(row) for row in rows]
+
+
+def revoke_token(session: Session, *, public_id: str) -> TokenRecord:
+    row = session.execute(select(ApiTokenRow).where(ApiTokenRow.public_id == public_id)).scalars().first()
+    if row is None:
+        raise NotFound(f"no API token with id {public_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.add(row)
+        session.flush()
+    return _to_token(row)

@@ -132,3 +132,19 @@ class TransferResultRow(SQLModel, table=True):
     target_source: str | None = Field(default=None, max_length=1024)
     eval_key: str = Field(max_length=300)
     eval_data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class ApiTokenRow(SQLModel, table=True):
+    """An API token of ``ctpreg serve``: only the sha256 of its secret is stored, never the secret itself."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    public_id: str = Field(max_length=32, unique=True)  # the token's non-secret part, to find its row
+    secret_sha256: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    scope: str = Field(max_length=16)
+    created_at: datetime = _timestamp()
+    created_by: str = Field(max_length=128)
+    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))

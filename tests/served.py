@@ -1,0 +1,68 @@
+"""A real ``ctpreg serve`` in a subprocess on a loopback port, for the HTTP tests and the serving bench."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import urllib3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        """What the server wrote (its access log is on stderr)."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as an orchestrator stops it; the exit code of a graceful shutdown."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+@contextmanager
+def serving(env: Mapping[str, str], log_path: Path, *args: str, startup_s: float = 60.0) -> Iterator[Served]:
+    """``ctpreg serve`` with ``env`` (the registry's DB and store) until the block ends; waits for ``/ready``.
+    Its output goes to ``log_path`` (a pipe nobody reads would fill and stall it)."""
+    port = free_port()
+    command = [sys.executable, "-m", "ctpreg.cli.main", "serve", "--port", str(port), *args]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    served = Served(f"http://127.0.0.1:{port}", process, log_path)
+    pool = urllib3.PoolManager(retries=False, timeout=2.0)
+    deadline = time.monotonic() + startup_s
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"ctpreg serve exited {process.returncode}: {served.log()}")
+            try:
+                if pool.request("GET", f"{served.url}/ready").status == 200:
+                    break
+            except urllib3.exceptions.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("ctpreg serve did not become ready")
+            time.sleep(0.1)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
