@@ -229,8 +229,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         return {"target": target.describe(), "served": candidate_to_wire(resolution.served),
                 "candidates": [candidate_to_wire(c) for c in resolution.candidates], "measured": 0}
 
-    @reads.get("/v1/candidates", response_model=list[api.CandidateOut],
-             responses={**ERRORS, **NOT_FOUND})
+    @reads.get("/v1/candidates", response_model=list[api.CandidateOut], responses={**ERRORS, **NOT_FOUND})
     def candidates(
         target: Annotated[Target, Depends(target_query)],
         limit: Annotated[int, Query(ge=1, le=1000)] = 20,
@@ -246,9 +245,9 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         bits: Annotated[int | None, Query()] = None,
         dataset: Annotated[str | None, Query(max_length=256)] = None,
         include_deprecated: bool = True,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     ) -> Any:
-        """Prompt versions, filtered (``ctpreg list``); at most ``limit``, by name and version."""
+        """Prompt versions, filtered (``ctpreg list``), by name and version; all of them unless ``limit``."""
         records = registry.list_prompts(model=model, methods=[method] if method else None, bits=bits,
                                         dataset=dataset, include_deprecated=include_deprecated, limit=limit)
         return [r.to_dict() for r in records]
@@ -317,8 +316,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         body = {"prompt": result.prompt.to_dict(), "created": result.created}
         return JSONResponse(body, status_code=201 if result.created else 200)
 
-    @publishes.post("/v1/evidence", status_code=201, response_model=api.StatusOut,
-              responses={**ERRORS, **NOT_FOUND})
+    @publishes.post("/v1/evidence", status_code=201, response_model=api.StatusOut, responses={**ERRORS, **NOT_FOUND})
     def add_evidence(body: api.EvidenceIn) -> Any:
         """Record what a validator measured elsewhere (a prompt on a target, on named windows)."""
         target = target_from_wire(body.target.model_dump(exclude_none=True))
@@ -368,8 +366,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     def list_tokens() -> Any:
         return [t.to_dict() for t in registry.list_tokens()]
 
-    @admins.delete("/v1/tokens/{token_id}", response_model=api.TokenOut,
-                responses={**ERRORS, **NOT_FOUND})
+    @admins.delete("/v1/tokens/{token_id}", response_model=api.TokenOut, responses={**ERRORS, **NOT_FOUND})
     def revoke_token(token_id: Annotated[str, Path(pattern=PUBLIC_ID_PATTERN)]) -> Any:
         return registry.revoke_token(token_id).to_dict()
 

@@ -34,6 +34,18 @@ def test_registry_latency(backend: str) -> None:
     # the bench exits non-zero (failing bench() above) when the DB's top 10 differs from the matcher's full ranking
 
 
+@pytest.mark.postgres
+def test_serve_latency() -> None:
+    out = bench("serve_latency.py", "--prompts", "400", "--requests", "20", "--clients", "1,4")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "req/s" not in line]
+    labels = {(cells[0].strip(), cells[1].strip()) for cells in rows}
+    for backend in ("sqlite", "postgres"):
+        for operation in ("ctpreg resolve", "ctpreg fetch (800 KB object)", "ctpreg show NAME@latest",
+                          "MLflow get_model_version_by_alias (REST)"):
+            assert (backend, operation) in labels, (backend, operation)
+    assert all(cells[-1].strip() == "0" for cells in rows), "every request answered 200"
+
+
 def test_cli_latency() -> None:
     out = bench("cli_latency.py", "--prompts", "20", "--repeats", "1")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "ms |" not in line]

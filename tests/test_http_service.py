@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 
 from ctpreg.cli.main import main
 from ctpreg.registry import Client, Settings, Target
-from ctpreg.registry.errors import IntegrityError, NoCompatiblePrompt, Unauthorized
+from ctpreg.registry.errors import Forbidden, IntegrityError, NoCompatiblePrompt, Unauthorized
 from ctpreg.registry.matcher import MEASURED
 from ctpreg.registry.remote import RemoteRegistry
 from ctpreg.registry.resolver import resolve
@@ -127,6 +127,11 @@ def test_the_walkthrough_over_http_matches_direct_access(server, backend, tokens
     assert after == run_json(direct_env, capsys, "resolve", "--model", "llama-7b", "--bits", "3")
     assert served["ref"] not in [c["ref"] for c in after]
     assert main_with(reader, "resolve", "--model", "no-such-model", "--bits", "3") == NoCompatiblePrompt.exit_code
+    capsys.readouterr()
+    minted = run_json(admin, capsys, "tokens", "create", "--scope", "read", "--name", "minted-over-http")
+    assert run_json({**reader, "CTPREG_TOKEN": minted["token"]}, capsys, "list", "--model", "llama-7b")
+    assert main_with(reader, "tokens", "list") == Forbidden.exit_code
+    assert run_json(admin, capsys, "gc", "--dry-run")["objects"] == []
     capsys.readouterr()
 
 
@@ -234,6 +239,10 @@ def test_bodies_over_the_limit_are_refused_with_413(server, tokens) -> None:
                           headers={"Authorization": f"Bearer {tokens[PUBLISH]}",
                                    "Content-Type": "application/octet-stream"})
     assert answer.status == 413
+    streamed = pool.request("POST", f"{server.url}/v1/prompts", body=(b"\0" * (1 << 20) for _ in range(17)),
+                            chunked=True, headers={"Authorization": f"Bearer {tokens[PUBLISH]}",
+                                                   "Content-Type": "application/octet-stream"})
+    assert streamed.status == 413, "a body without Content-Length is counted as it arrives"
 
 
 def test_eight_concurrent_http_publishers_get_gap_free_versions(server, tokens) -> None:
