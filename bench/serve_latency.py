@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,8 +68,9 @@ def server(command: list[str], env: dict[str, str], ready_path: str, timeout: fl
     import urllib3
 
     port = free_port()
-    process = subprocess.Popen([*command, "--port", str(port)], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115 (kept on error)
+    process = subprocess.Popen([*command, "--port", str(port)], env={**os.environ, **env}, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     try:
@@ -90,27 +92,34 @@ def server(command: list[str], env: dict[str, str], ready_path: str, timeout: fl
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        text = Path(log.name).read_text(errors="replace")
+        if "Traceback" in text:
+            print(f"{command[0]} logged errors (whole log: {log.name}):\n{text[-4000:]}", file=sys.stderr)
+        else:
+            os.unlink(log.name)
 
 
-async def load(url: str, paths: list[str], clients: int, headers: dict[str, str]) -> tuple[float, list[float], int]:
-    """GET every path once, ``clients`` at a time over keep-alive connections: (seconds, latencies, errors)."""
+async def load(url: str, paths: list[str], clients: int,
+               headers: dict[str, str]) -> tuple[float, list[float], Counter[str]]:
+    """GET every path once, ``clients`` at a time over keep-alive connections: (seconds, latencies, errors by
+    kind)."""
     import aiohttp
 
     queue = iter(paths)
     latencies: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()
 
     async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
         for path in queue:
             started = time.perf_counter()
             try:
                 async with session.get(url + path, headers=headers) as response:
-                    await response.read()
+                    body = await response.read()
                     if response.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
+                        errors[f"HTTP {response.status}: {body[:200].decode(errors='replace')}"] += 1
+            except aiohttp.ClientError as exc:
+                errors[f"{type(exc).__name__}: {exc}"] += 1
             latencies.append(time.perf_counter() - started)
 
     connector = aiohttp.TCPConnector(limit=clients)
@@ -128,9 +137,9 @@ def measure(label: str, url: str, paths: list[str], levels: list[int], headers: 
     for clients in levels:
         seconds, latencies, errors = asyncio.run(load(url, paths, clients, headers))
         p50, _, p99 = percentiles(latencies)
-        rows.append([label, clients, len(paths), f"{len(paths) / seconds:,.0f}", f"{p50:.2f}", f"{p99:.2f}", errors])
-        if errors:
-            failures.append(f"{label} at {clients} clients: {errors} errors")
+        count = sum(errors.values())
+        rows.append([label, clients, len(paths), f"{len(paths) / seconds:,.0f}", f"{p50:.2f}", f"{p99:.2f}", count])
+        failures += [f"{label} at {clients} clients: {n} x {kind}" for kind, n in errors.items()]
     return rows
 
 
