@@ -39,7 +39,8 @@ def test_values_and_gradients_equal_the_full_logits(rows_per_chunk: int, with_bi
     ours = head_loss(hidden, _head(weight, bias), targets, rows_per_chunk=rows_per_chunk)
     (ours * row_weights).sum().backward()
     torch.testing.assert_close(ours, reference.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(hidden.grad, expected_grad, rtol=1e-5, atol=1e-6)
+    # float32 sums in another order: one element in 720 has been seen 1.2e-6 off (relative 1e-4) under load
+    torch.testing.assert_close(hidden.grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_under_bf16_autocast_it_matches_autocast_logits_to_bf16_rounding() -> None:
