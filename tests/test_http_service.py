@@ -4,6 +4,7 @@ front of PostgreSQL and S3 (moto over HTTP), driven by the CLI and the Client th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -78,8 +79,6 @@ def server(backend: dict[str, str], direct: Registry, tmp_path_factory: pytest.T
 
 def main_with(env: dict[str, str], *args: str) -> int:
     """The CLI in this process with exactly ``env`` as its CTPREG_* configuration."""
-    import os
-
     saved = {k: v for k, v in os.environ.items() if k.startswith("CTPREG_")}
     for key in saved:
         del os.environ[key]
@@ -300,6 +299,22 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, toke
     print(summary)
     assert run.returncode == 0, run.stdout[-6000:]
     assert "Tested: 19" in summary, summary
+
+
+def test_a_fleet_resolve_over_http_loads_no_db_driver_no_s3_client_and_no_torch(server, direct, tokens,
+                                                                                 tmp_path) -> None:
+    direct.publish_bytes(artifact_bytes(61, model="fleet-m"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CTPREG_", "AWS_"))}
+    env.update(over_http(server, tokens[READ], tmp_path))
+    resolve = (
+        "import json, sys\n"
+        "from ctpreg.cli.main import main\n"
+        "code = main(['resolve', '--model', 'fleet-m', '--bits', '3', '--json'])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'psycopg', 'boto3', 'torch'})\n"
+        "print(json.dumps({'code': code, 'loaded': heavy}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", resolve], env=env, check=True, capture_output=True, text=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {"code": 0, "loaded": []}
 
 
 def test_unauthorized_is_raised_as_itself_by_the_client(server) -> None:
