@@ -28,13 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ctpreg.registry import errors
 from ctpreg.registry.matcher import Target
-from ctpreg.registry.refs import ALIAS_PATTERN, FINGERPRINT_PATTERN, MODEL_PATTERN, NAME_PATTERN, REF_PATTERN
-from ctpreg.registry.refs import check_fingerprint, check_model_name
+from ctpreg.registry.refs import ALIAS_PATTERN, FINGERPRINT_PATTERN, NAME_PATTERN, REF_PATTERN
+from ctpreg.registry.refs import check_fingerprint, check_model_name, check_text
 from ctpreg.registry.records import BaseModelRecord
 from ctpreg.registry.resolver import resolve
 from ctpreg.registry.service import Registry
 from ctpreg.registry.settings import Settings
-from ctpreg.registry.tokens import ADMIN, PUBLIC_ID_PATTERN, PUBLISH, READ, TokenRecord
+from ctpreg.registry.tokens import ADMIN, PUBLIC_ID_PATTERN, PUBLISH, READ, TokenRecord, authorize
 from ctpreg.registry.wire import candidate_to_wire, evidence_to_wire, measurement_from_wire, target_from_wire
 
 from . import api_models as api
@@ -43,6 +43,7 @@ log = logging.getLogger("ctpreg.access")
 MAX_BODY_ENV, ACCESS_LOG_ENV = "CTPREG_SERVE_MAX_BODY_BYTES", "CTPREG_SERVE_ACCESS_LOG"
 DEFAULT_MAX_BODY_BYTES = 16 << 20  # a 100 x 8192 float32 prompt is 3.3 MB
 SHA256_PATTERN = "^[0-9a-f]{64}$"
+PAGE = 1000  # most prompt versions in one answer of /v1/prompts (the client pages through the rest)
 STATUS: dict[type[errors.CtpregError], int] = {
     errors.InvalidInput: 400, errors.InvalidArtifact: 400, errors.Unauthorized: 401, errors.Forbidden: 403,
     errors.NoCompatiblePrompt: 404, errors.NoHelpfulPrompt: 404, errors.NotFound: 404, errors.Conflict: 409,
@@ -67,7 +68,12 @@ def status_of(exc: errors.CtpregError) -> int:
 def error_response(exc: errors.CtpregError) -> JSONResponse:
     status = status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    body = {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}}
+    message = str(exc)
+    if status == 503:  # the detail names hosts, databases and buckets: for the server's log, not for any caller
+        log.warning(json.dumps({"error": type(exc).__name__, "detail": message}))
+        message = f"{'the metadata DB' if isinstance(exc, errors.DatabaseError) else 'the object store'} is " \
+                  "unavailable; the server's log has the detail"
+    body = {"error": {"type": type(exc).__name__, "message": message, "exit_code": exc.exit_code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -85,19 +91,27 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._refuse(scope, receive, send)
             return
-        seen = 0
+        seen, exceeded = 0, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
+            if seen > self.limit:  # the app sees a client that went away, and what it answers is dropped
+                exceeded = True
+                return {"type": "http.disconnect"}
             return message
 
+        async def unless_exceeded(message: Message) -> None:
+            if not exceeded:
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+            await self.app(scope, counted, unless_exceeded)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,8 +119,29 @@ class BodyLimit:
         await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class Authenticate:
+    """401 for a ``/v1/`` request without a valid token, before anything of it (its body above all) is read; the
+    token's record goes into the request's state for the routes' scope checks. Only ``/health``, ``/ready`` and the
+    schema answer without one."""
+
+    def __init__(self, app: ASGIApp, registry: Registry) -> None:
+        self.app, self.registry = app, registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        kind, _, value = header.partition(" ")
+        try:
+            if kind.lower() != "bearer" or not value:
+                raise errors.Unauthorized("this endpoint needs an API token: Authorization: Bearer ctp_...")
+            record = await run_in_threadpool(self.registry.authenticate, value.strip(), READ)
+        except errors.CtpregError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {}).update(token=record, token_id=record.public_id)
+        await self.app(scope, receive, send)
 
 
 class AccessLog:
@@ -148,16 +183,13 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
 
     def scoped(needed: str) -> Callable[..., TokenRecord]:
         def check(request: Request,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> TokenRecord:
-            if credentials is None:
-                raise errors.Unauthorized("this endpoint needs an API token: Authorization: Bearer ctp_...")
-            record = registry.authenticate(credentials.credentials, needed)
-            request.state.token_id = record.public_id
-            return record
+                  _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> TokenRecord:
+            return authorize(request.state.token, True, needed)  # authenticated already, by ``Authenticate``
 
         return check
 
-    # The token is checked before anything else in a request is looked at: 401/403 come first.
+    # ``Authenticate`` refuses a request without a valid token (401) before its body is read; each router's
+    # dependency then checks the scope (403).
     reads, publishes, admins = (APIRouter(tags=[scope], dependencies=[Depends(scoped(scope))])
                                 for scope in (READ, PUBLISH, ADMIN))
 
@@ -232,7 +264,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     @reads.get("/v1/candidates", response_model=list[api.CandidateOut], responses={**ERRORS, **NOT_FOUND})
     def candidates(
         target: Annotated[Target, Depends(target_query)],
-        limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+        limit: Annotated[int, Query(ge=1, le=1_000_000)] = 20,
         eval_key: Annotated[str | None, Query(max_length=300)] = None,
     ) -> Any:
         """The ranked head for a target, evidence on ``eval_key`` windows included (what a validator needs)."""
@@ -245,11 +277,13 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         bits: Annotated[int | None, Query()] = None,
         dataset: Annotated[str | None, Query(max_length=256)] = None,
         include_deprecated: bool = True,
-        limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE)] = PAGE,
+        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     ) -> Any:
-        """Prompt versions, filtered (``ctpreg list``), by name and version; all of them unless ``limit``."""
+        """Prompt versions, filtered (``ctpreg list``), by name and version, one page at a time (``offset``)."""
         records = registry.list_prompts(model=model, methods=[method] if method else None, bits=bits,
-                                        dataset=dataset, include_deprecated=include_deprecated, limit=limit)
+                                        dataset=dataset, include_deprecated=include_deprecated, limit=limit,
+                                        offset=offset)
         return [r.to_dict() for r in records]
 
     @reads.get("/v1/prompt", response_model=api.PromptOut, responses={**ERRORS, **NOT_FOUND})
@@ -287,16 +321,16 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         return [m.to_dict() for m in models]
 
     @reads.get("/v1/model", response_model=api.ModelOut, responses={**ERRORS, **NOT_FOUND})
-    def show_model(name: Annotated[str, Query(pattern=MODEL_PATTERN)]) -> Any:
-        model = registry.get_model(check_model_name(name))
+    def show_model(name: Annotated[str, Query(min_length=1, max_length=256)]) -> Any:
+        model = registry.get_model(check_text(name, "model"))
         if model is None:
             raise errors.NotFound(f"no model named {name!r}")
         return model.to_dict()
 
     @reads.get("/v1/evidence", response_model=list[api.EvidenceOut], responses=ERRORS)
-    def evidence(model: Annotated[str, Query(pattern=MODEL_PATTERN)]) -> Any:
+    def evidence(model: Annotated[str, Query(min_length=1, max_length=256)]) -> Any:
         """Every measurement recorded on targets of ``model`` (``ctpreg report``), oldest first."""
-        return [evidence_to_wire(e) for e in registry.evidence(check_model_name(model))]
+        return [evidence_to_wire(e) for e in registry.evidence(check_text(model, "model"))]
 
     # --- publish -------------------------------------------------------------------------------------------------
 
@@ -312,7 +346,8 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         """Publish a ctpreg prompt artifact (the raw .safetensors bytes): checked exactly as ``ctpreg publish``
         checks a file, stored by content, recorded as the next version of NAME. Idempotent (200 on a repeat)."""
         data = await request.body()
-        result = await run_in_threadpool(registry.publish_bytes, data, name=name, alias=alias)
+        acting = registry.acting_as(_actor(request.state.token))
+        result = await run_in_threadpool(acting.publish_bytes, data, name=name, alias=alias)
         body = {"prompt": result.prompt.to_dict(), "created": result.created}
         return JSONResponse(body, status_code=201 if result.created else 200)
 
@@ -356,10 +391,11 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
             {"key": o.key, "size": o.size, "modified": o.modified.isoformat()} for o in removed]}
 
     @admins.post("/v1/tokens", response_model=api.TokenCreatedOut, status_code=201, responses=ERRORS)
-    def create_token(body: api.TokenIn) -> Any:
+    def create_token(body: api.TokenIn, request: Request) -> Any:
         """A new token; its value is in this answer only."""
         expires = _moment(body.expires_at) if body.expires_at is not None else None
-        record, value = registry.create_token(scope=body.scope, name=body.name, expires_at=expires)
+        acting = registry.acting_as(_actor(request.state.token))
+        record, value = acting.create_token(scope=body.scope, name=body.name, expires_at=expires)
         return {"record": record.to_dict(), "token": value}
 
     @admins.get("/v1/tokens", response_model=list[api.TokenOut], responses=ERRORS)
@@ -373,6 +409,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     for router in (reads, publishes, admins):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(Authenticate, registry=registry)
     app.add_middleware(AccessLog)
     return app
 
@@ -389,6 +426,11 @@ def app_from_env() -> FastAPI:
     log.propagate = False
     limit = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
     return create_app(Registry.from_settings(settings), max_body_bytes=limit)
+
+
+def _actor(token: TokenRecord) -> str:
+    """Who a write over HTTP is recorded as: the token that made it (the caller's claimed user is not trusted)."""
+    return f"{token.name[:100]} (token {token.public_id})"
 
 
 def _moment(text: str) -> datetime:

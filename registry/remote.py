@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 API = "/v1"
+PAGE = 1000  # prompt versions per listing request: the server's largest page
 DEFAULT_TIMEOUT_S = 30.0
 RETRIES = urllib3.Retry(total=3, connect=3, read=0, status=0, backoff_factor=0.2, allowed_methods=None)
 
@@ -97,8 +98,15 @@ class RemoteRegistry:
         if methods is not None and len(methods) > 1:
             raise InvalidInput("the HTTP API filters by one method at a time")
         params = {"model": model, "method": methods[0] if methods else None, "bits": bits, "dataset": dataset,
-                  "include_deprecated": include_deprecated, "limit": limit}
-        return [PromptRecord.from_dict(item) for item in self._json("GET", "/prompts", params=params)]
+                  "include_deprecated": include_deprecated}
+        records: list[PromptRecord] = []
+        while limit is None or len(records) < limit:  # the server answers a page at a time
+            page_size = PAGE if limit is None else min(PAGE, limit - len(records))
+            page = self._json("GET", "/prompts", params={**params, "limit": page_size, "offset": len(records)})
+            records += [PromptRecord.from_dict(item) for item in page]
+            if len(page) < page_size:
+                break
+        return records
 
     def fetch(self, ref: str) -> tuple[PromptRecord, bytes]:
         record = self.get(ref)

@@ -7,6 +7,7 @@ object because rows are written after their objects.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -83,6 +84,12 @@ class Registry:
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
         return cls(None, None, user=settings.user, settings=settings)
+
+    def acting_as(self, user: str) -> Registry:
+        """This registry (same DB, store and caches) recording its writes as ``user``: a server's caller."""
+        acting = copy.copy(self)
+        acting.user = user
+        return acting
 
     @property
     def db(self) -> Database:
@@ -209,7 +216,7 @@ class Registry:
 
     def list_prompts(
         self, *, model: str | None = None, methods: list[str] | None = None, bits: int | None = None,
-        dataset: str | None = None, include_deprecated: bool = True, limit: int | None = None,
+        dataset: str | None = None, include_deprecated: bool = True, limit: int | None = None, offset: int = 0,
     ) -> list[PromptRecord]:
         if bits is not None and not 1 <= bits <= FULL_PRECISION_BITS:
             raise InvalidInput(f"bits must be an integer in 1..{FULL_PRECISION_BITS}, got {bits}")
@@ -221,7 +228,7 @@ class Registry:
         with self.db.session() as session:
             return crud.list_prompts(
                 session, model=model, methods=methods, bits=bits, dataset=dataset,
-                include_deprecated=include_deprecated, limit=limit,
+                include_deprecated=include_deprecated, limit=limit, offset=offset,
             )
 
     def fetch(self, ref: str) -> tuple[PromptRecord, bytes]:
@@ -412,6 +419,10 @@ class Registry:
         """A new token of ``scope``: its record, and its value, which exists only in this return value."""
         check_scope(scope)
         check_token_name(name)
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                raise InvalidInput("a token's expiry needs a time zone")
+            expires_at = expires_at.astimezone(UTC)  # SQLite keeps no offset: store every expiry in UTC
         token: NewToken = new_token()
         with self.db.session(write=True) as session:
             record = crud.add_token(session, token=token, name=name, scope=scope, created_by=self.user,

@@ -109,6 +109,7 @@ def test_the_walkthrough_over_http_matches_direct_access(server, backend, tokens
     first = run_json(admin, capsys, "publish", str(path))
     again = run_json(admin, capsys, "publish", str(path))
     assert first["created"] is True and again["created"] is False and first["version"] == again["version"]
+    assert run_json(admin, capsys, "show", f"{first['name']}:1")["created_by"].startswith("test-admin (token ")
     run_json(admin, capsys, "publish", str(write_artifact_file(tmp_path / "q.safetensors", seed=12, model="llama-7b",
                                                                 compression="gptq-w4-g128")))
     for command in (["list", "--model", "llama-7b"], ["resolve", "--model", "llama-7b", "--bits", "3"],
@@ -172,9 +173,10 @@ def test_every_endpoint_refuses_missing_bad_expired_revoked_and_underscoped_toke
             assert path in ("/health", "/ready", "/openapi.json"), path
             continue
         tag = contract["paths"][path][method.lower()]["tags"][0]
+        body = b"{" if method in ("POST", "PUT") else None  # malformed: the token is refused before it is read
         for header, status in ((None, 401), ("Basic abc", 401), ("Bearer nonsense", 401), (f"Bearer {unknown}", 401),
                                (f"Bearer {tokens['expired']}", 401), (f"Bearer {tokens['revoked']}", 401)):
-            answer = pool.request(method, url, headers={"Authorization": header} if header else {})
+            answer = pool.request(method, url, body=body, headers={"Authorization": header} if header else {})
             assert answer.status == status, (method, path, header, answer.data)
             assert json.loads(answer.data)["error"]["type"] == "Unauthorized"
             assert answer.headers["WWW-Authenticate"] == "Bearer"
@@ -242,6 +244,10 @@ def test_bodies_over_the_limit_are_refused_with_413(server, tokens) -> None:
                             chunked=True, headers={"Authorization": f"Bearer {tokens[PUBLISH]}",
                                                    "Content-Type": "application/octet-stream"})
     assert streamed.status == 413, "a body without Content-Length is counted as it arrives"
+    chunked_json = pool.request("POST", f"{server.url}/v1/gc", body=(b" " * (1 << 20) for _ in range(17)),
+                                chunked=True, headers={"Authorization": f"Bearer {tokens[ADMIN]}",
+                                                       "Content-Type": "application/json"})
+    assert chunked_json.status == 413, "a JSON route must not turn the cut-off body into a 400"
 
 
 def test_eight_concurrent_http_publishers_get_gap_free_versions(server, tokens) -> None:
@@ -315,6 +321,28 @@ def test_a_fleet_resolve_over_http_loads_no_db_driver_no_s3_client_and_no_torch(
     )
     out = subprocess.run([sys.executable, "-c", resolve], env=env, check=True, capture_output=True, text=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {"code": 0, "loaded": []}
+
+
+def test_listing_pages_and_lookups_answer_as_direct_access_does(server, direct, tokens, monkeypatch) -> None:
+    import ctpreg.registry.remote as remote_module
+
+    for seed in range(5):
+        direct.publish_bytes(artifact_bytes(70 + seed, model="paged-m"), name="paged/p")
+    monkeypatch.setattr(remote_module, "PAGE", 2)  # five versions in three pages
+    remote = RemoteRegistry(server.url, tokens[READ])
+    assert remote.list_prompts(model="paged-m") == direct.list_prompts(model="paged-m")
+    assert [r.version for r in remote.list_prompts(model="paged-m", limit=3)] == [1, 2, 3]
+    assert remote.get_model("org/no-such") is None and direct.get_model("org/no-such") is None
+    assert remote.evidence("org/no-such") == direct.evidence("org/no-such") == []
+
+
+def test_token_expiries_keep_their_instant_whatever_the_offset(server, tokens) -> None:
+    pool = urllib3.PoolManager(retries=False)
+    answer = pool.request("POST", f"{server.url}/v1/tokens", headers={"Authorization": f"Bearer {tokens[ADMIN]}"},
+                          json={"scope": "read", "name": "offset", "expires_at": "2030-01-01T00:00:00-08:00"})
+    created = json.loads(answer.data)["record"]["id"]
+    listed = {t.public_id: t for t in RemoteRegistry(server.url, tokens[ADMIN]).list_tokens()}
+    assert listed[created].expires_at == datetime(2030, 1, 1, 8, tzinfo=UTC)
 
 
 def test_unauthorized_is_raised_as_itself_by_the_client(server) -> None:

@@ -4,7 +4,7 @@ and ``ctpreg serve``'s refusals before it binds anything."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
@@ -146,3 +146,12 @@ def test_a_bad_registry_url_is_one_clear_error(url: str) -> None:
 def test_the_token_never_shows_in_settings_repr() -> None:
     settings = Settings.from_env({"CTPREG_HOME": "/tmp/x", "CTPREG_URL": "http://h:1/", "CTPREG_TOKEN": "ctp_secret"})
     assert settings.url == "http://h:1" and "ctp_secret" not in repr(settings)
+
+
+def test_an_expiry_in_any_offset_is_stored_as_its_instant(registry: Registry) -> None:
+    """SQLite keeps no offset: an expiry of 00:00 at -08:00 must not come back as 00:00 UTC."""
+    pacific = timezone(timedelta(hours=-8))
+    registry.create_token(scope=READ, name="offset", expires_at=datetime(2030, 1, 1, tzinfo=pacific))
+    assert registry.list_tokens()[0].expires_at == datetime(2030, 1, 1, 8, tzinfo=UTC)
+    with pytest.raises(InvalidInput, match="time zone"):
+        registry.create_token(scope=READ, name="naive", expires_at=datetime(2030, 1, 1))

@@ -274,6 +274,7 @@ def list_prompts(
     dataset: str | None = None,
     include_deprecated: bool = True,
     limit: int | None = None,
+    offset: int = 0,
 ) -> list[PromptRecord]:
     stmt = _record_query()
     if model:
@@ -289,6 +290,8 @@ def list_prompts(
     stmt = stmt.order_by(PromptRow.name, PromptRow.version)
     if limit:
         stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
     return _records(session, stmt)
 
 
