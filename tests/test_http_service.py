@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,21 +37,30 @@ pytestmark = pytest.mark.postgres
 CONTRACT = Path(__file__).with_name("openapi.json")
 
 
-@pytest.fixture(scope="module")
-def backend(pg_database: str, moto_endpoint: str) -> Iterator[dict[str, str]]:
-    """The registry's configuration: a fresh PostgreSQL schema and S3 bucket for this module."""
+@contextmanager
+def fresh_backend(pg_database: str, moto_endpoint: str) -> Iterator[dict[str, str]]:
+    """A registry's configuration on a fresh PostgreSQL schema and S3 bucket, dropped afterwards."""
     schema = f"s_{uuid.uuid4().hex[:12]}"
     engine = create_engine(pg_database, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     bucket = f"ctpreg-http-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
-    yield {"CTPREG_DB_URL": f"{pg_database}?options=-csearch_path%3D{schema}",
-           "CTPREG_STORE_URL": f"s3://{bucket}/registry", "CTPREG_S3_ENDPOINT_URL": moto_endpoint,
-           "CTPREG_PROGRESS": "0"}
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    try:
+        yield {"CTPREG_DB_URL": f"{pg_database}?options=-csearch_path%3D{schema}",
+               "CTPREG_STORE_URL": f"s3://{bucket}/registry", "CTPREG_S3_ENDPOINT_URL": moto_endpoint,
+               "CTPREG_PROGRESS": "0"}
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def backend(pg_database: str, moto_endpoint: str) -> Iterator[dict[str, str]]:
+    """The registry of this module's server."""
+    with fresh_backend(pg_database, moto_endpoint) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
@@ -292,15 +302,24 @@ def test_ready_reports_each_dependency_and_sigterm_lets_requests_in_flight_finis
     assert main_with(broken, "serve", "--port", "1") != 0
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tokens) -> None:
-    """A bounded fuzz run over every operation with an admin token. Every check runs but one: schema-valid requests
-    the server refuses (ST202) are expected, since a JSON schema cannot say that gptq takes bits 2/3/4/8 and the
-    bnb methods none, or that bytes are a valid safetensors prompt; the server answers those 400 with the reason."""
-    command = [str(Path(sys.executable).with_name("st")), "run", f"{server.url}/openapi.json", "--checks", "all",
-               "--exclude-checks", "positive_data_acceptance", "--max-examples", "25", "--workers", "1",
-               "--seed", "20261202", "--suppress-health-check", "all", "--request-timeout", "20",
-               "-H", f"Authorization: Bearer {tokens[ADMIN]}"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=540)
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(pg_database, moto_endpoint, tmp_path) -> None:
+    """A bounded fuzz run over every operation with an admin token, on a registry of its own (it revokes tokens,
+    deprecates and collects what it finds). Every check runs but one: schema-valid requests the server refuses
+    (ST202) are expected, since a JSON schema cannot say that gptq takes bits 2/3/4/8 and the bnb methods none, or
+    that bytes are a valid safetensors prompt; the server answers those 400 with the reason."""
+    with fresh_backend(pg_database, moto_endpoint) as env:
+        env = {**env, "CTPREG_HOME": str(tmp_path)}
+        assert main_with(env, "db", "upgrade") == 0
+        registry = Registry.from_settings(Settings.from_env(env))
+        registry.publish_bytes(artifact_bytes(81, model="fuzz-m"))
+        _, admin = registry.create_token(scope=ADMIN, name="fuzzer")
+        with serving(env, tmp_path / "serve.log") as served:
+            command = [str(Path(sys.executable).with_name("st")), "run", f"{served.url}/openapi.json",
+                       "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "25",
+                       "--workers", "1", "--seed", "20261202", "--suppress-health-check", "all",
+                       "--request-timeout", "20", "-H", f"Authorization: Bearer {admin}"]
+            run = subprocess.run(command, capture_output=True, text=True, timeout=540, cwd=tmp_path)
+        registry.db.dispose()
     summary = run.stdout[run.stdout.rfind("SUMMARY"):]
     print(summary)
     assert run.returncode == 0, run.stdout[-6000:]
@@ -340,6 +359,7 @@ def test_token_expiries_keep_their_instant_whatever_the_offset(server, tokens) -
     pool = urllib3.PoolManager(retries=False)
     answer = pool.request("POST", f"{server.url}/v1/tokens", headers={"Authorization": f"Bearer {tokens[ADMIN]}"},
                           json={"scope": "read", "name": "offset", "expires_at": "2030-01-01T00:00:00-08:00"})
+    assert answer.status == 201, answer.data
     created = json.loads(answer.data)["record"]["id"]
     listed = {t.public_id: t for t in RemoteRegistry(server.url, tokens[ADMIN]).list_tokens()}
     assert listed[created].expires_at == datetime(2030, 1, 1, 8, tzinfo=UTC)
