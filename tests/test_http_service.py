@@ -351,6 +351,9 @@ def test_listing_pages_and_lookups_answer_as_direct_access_does(server, direct, 
     remote = RemoteRegistry(server.url, tokens[READ])
     assert remote.list_prompts(model="paged-m") == direct.list_prompts(model="paged-m")
     assert [r.version for r in remote.list_prompts(model="paged-m", limit=3)] == [1, 2, 3]
+    over_a_page = urllib3.request("GET", f"{server.url}/v1/prompts?limit=1001",
+                                  headers={"Authorization": f"Bearer {tokens[READ]}"})
+    assert over_a_page.status == 422, "one answer holds at most a page"
     assert remote.get_model("org/no-such") is None and direct.get_model("org/no-such") is None
     assert remote.evidence("org/no-such") == direct.evidence("org/no-such") == []
 
@@ -363,6 +366,19 @@ def test_token_expiries_keep_their_instant_whatever_the_offset(server, tokens) -
     created = json.loads(answer.data)["record"]["id"]
     listed = {t.public_id: t for t in RemoteRegistry(server.url, tokens[ADMIN]).list_tokens()}
     assert listed[created].expires_at == datetime(2030, 1, 1, 8, tzinfo=UTC)
+
+
+def test_an_unreachable_db_is_503_without_naming_it(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from ctpreg.integrations.server import create_app
+
+    hidden = "postgresql+psycopg://nobody@127.0.0.1:9/secret_db_name"  # nothing listens on the discard port
+    registry = Registry.from_settings(Settings.from_env({"CTPREG_HOME": str(tmp_path), "CTPREG_DB_URL": hidden}))
+    answer = TestClient(create_app(registry)).get("/v1/prompts", headers={"Authorization": "Bearer " + "ctp_"
+                                                                          + "0" * 12 + "_" + "A" * 43})
+    assert answer.status_code == 503 and answer.json()["error"]["type"] == "DatabaseError"
+    assert "secret_db_name" not in answer.text and "127.0.0.1" not in answer.text
 
 
 def test_unauthorized_is_raised_as_itself_by_the_client(server) -> None:
