@@ -65,8 +65,9 @@ def status_of(exc: errors.CtpregError) -> int:
     return 500
 
 
-def error_response(exc: errors.CtpregError) -> JSONResponse:
-    status = status_of(exc)
+def error_response(exc: errors.CtpregError, status: int | None = None) -> JSONResponse:
+    """Every error in one shape: its class, message and the CLI's exit code; ``status`` overrides the class's."""
+    status = status or status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     message = str(exc)
     if status == 503:  # the detail names hosts, databases and buckets: for the server's log, not for any caller
@@ -115,8 +116,8 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = {"error": {"type": "InvalidInput", "message": f"request body over {self.limit} bytes", "exit_code": 2}}
-        await JSONResponse(body, status_code=413)(scope, receive, send)
+        refusal = errors.InvalidInput(f"request body over {self.limit} bytes")
+        await error_response(refusal, status=413)(scope, receive, send)
 
 
 class Authenticate:
@@ -202,8 +203,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         """Routing and body-parsing errors in the same shape as every other error; a 405 lists every method the
         path has (Starlette's own lists only the first route's)."""
         error = errors.NotFound if exc.status_code == 404 else errors.InvalidInput
-        response = error_response(error(str(exc.detail)))
-        response.status_code = exc.status_code
+        response = error_response(error(str(exc.detail)), status=exc.status_code)
         if exc.status_code == 405:
             allowed = sorted({m for route in app.routes if isinstance(route, APIRoute)
                               and route.matches(request.scope)[0] == Match.PARTIAL for m in route.methods})
@@ -214,9 +214,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        response = error_response(errors.InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"))
-        response.status_code = 422
-        return response
+        return error_response(errors.InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"), status=422)
 
     @app.get("/health", response_model=api.StatusOut, tags=["service"])
     def health() -> dict[str, Any]:
