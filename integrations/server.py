@@ -8,6 +8,7 @@ only for a sha256 some prompt references. Access logs are one JSON line per requ
 """
 
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ctpreg.registry import errors
+from ctpreg.registry.db.changes import ChangeMarker, change_marker
 from ctpreg.registry.matcher import Target
 from ctpreg.registry.refs import ALIAS_PATTERN, FINGERPRINT_PATTERN, NAME_PATTERN, REF_PATTERN
 from ctpreg.registry.refs import check_fingerprint, check_model_name, check_text
@@ -38,10 +40,13 @@ from ctpreg.registry.tokens import ADMIN, PUBLIC_ID_PATTERN, PUBLISH, READ, Toke
 from ctpreg.registry.wire import candidate_to_wire, evidence_to_wire, measurement_from_wire, target_from_wire
 
 from . import api_models as api
+from .answers import MARKER, KeptAnswers
 
 log = logging.getLogger("ctpreg.access")
 MAX_BODY_ENV, ACCESS_LOG_ENV = "CTPREG_SERVE_MAX_BODY_BYTES", "CTPREG_SERVE_ACCESS_LOG"
+KEEP_ENV = "CTPREG_SERVE_KEEP_BYTES"
 DEFAULT_MAX_BODY_BYTES = 16 << 20  # a 100 x 8192 float32 prompt is 3.3 MB
+DEFAULT_KEEP_BYTES = 64 << 20
 SHA256_PATTERN = "^[0-9a-f]{64}$"
 PAGE = 1000  # most prompt versions in one answer of /v1/prompts (the client pages through the rest)
 STATUS: dict[type[errors.CtpregError], int] = {
@@ -123,10 +128,17 @@ class BodyLimit:
 class Authenticate:
     """401 for a ``/v1/`` request without a valid token, before anything of it (its body above all) is read; the
     token's record goes into the request's state for the routes' scope checks. Only ``/health``, ``/ready`` and the
-    schema answer without one."""
+    schema answer without one.
 
-    def __init__(self, app: ASGIApp, registry: Registry) -> None:
-        self.app, self.registry = app, registry
+    With a change marker (``registry.db.changes``), the marker read here goes into the state too (``KeptAnswers``
+    uses it), and a token already checked under the same marker is not looked up again: no token was created or
+    revoked since. Its expiry is checked on every request."""
+
+    KNOWN_TOKENS = 10_000
+
+    def __init__(self, app: ASGIApp, registry: Registry, marker: ChangeMarker | None = None) -> None:
+        self.app, self.registry, self.marker = app, registry, marker
+        self._known: dict[str, tuple[str, TokenRecord]] = {}  # sha256 of a token -> (marker, its record)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -134,15 +146,28 @@ class Authenticate:
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         kind, _, value = header.partition(" ")
+        marker = await self.marker.current() if self.marker is not None else None
         try:
             if kind.lower() != "bearer" or not value:
                 raise errors.Unauthorized("this endpoint needs an API token: Authorization: Bearer ctp_...")
-            record = await run_in_threadpool(self.registry.authenticate, value.strip(), READ)
+            record = await self._authenticate(value.strip(), marker)
         except errors.CtpregError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        scope.setdefault("state", {}).update(token=record, token_id=record.public_id)
+        scope.setdefault("state", {}).update(token=record, token_id=record.public_id, **{MARKER: marker})
         await self.app(scope, receive, send)
+
+    async def _authenticate(self, value: str, marker: str | None) -> TokenRecord:
+        digest = hashlib.sha256(value.encode("latin-1")).hexdigest()
+        known = self._known.get(digest)
+        if known is not None and marker is not None and known[0] == marker:
+            return authorize(known[1], True, READ)
+        record = await run_in_threadpool(self.registry.authenticate, value, READ)
+        if marker is not None:
+            if len(self._known) >= self.KNOWN_TOKENS:
+                self._known.clear()
+            self._known[digest] = (marker, record)
+        return record
 
 
 class AccessLog:
@@ -175,7 +200,9 @@ class AccessLog:
             }))
 
 
-def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               keep_bytes: int = DEFAULT_KEEP_BYTES) -> FastAPI:
+    """The API; ``keep_bytes`` > 0 keeps read answers and checked tokens until the DB changes (0: never)."""
     app = FastAPI(
         title="ctpreg registry", version="1", description="Soft prompts that recover compressed LLMs: resolve, "
         "fetch and publish them with a scoped token (Authorization: Bearer ctp_...).",
@@ -406,8 +433,10 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
 
     for router in (reads, publishes, admins):
         app.include_router(router)
+    marker = change_marker(registry.db.url) if keep_bytes > 0 else None
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(Authenticate, registry=registry)
+    app.add_middleware(KeptAnswers, limit_bytes=keep_bytes if marker is not None else 0)
+    app.add_middleware(Authenticate, registry=registry, marker=marker)
     app.add_middleware(AccessLog)
     return app
 
@@ -423,7 +452,8 @@ def app_from_env() -> FastAPI:
     log.setLevel(logging.INFO if os.environ.get(ACCESS_LOG_ENV, "1") == "1" else logging.WARNING)
     log.propagate = False
     limit = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
-    return create_app(Registry.from_settings(settings), max_body_bytes=limit)
+    keep = int(os.environ.get(KEEP_ENV, DEFAULT_KEEP_BYTES))
+    return create_app(Registry.from_settings(settings), max_body_bytes=limit, keep_bytes=keep)
 
 
 def _actor(token: TokenRecord) -> str:

@@ -39,6 +39,11 @@ def serve(
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="One JSON line per request on stderr (never a token).",
     )] = True,
+    keep_mb: Annotated[int, typer.Option(
+        "--keep-mb", min=0, max=1 << 16,
+        help="Per worker, keep this many MB of read answers (resolve, show, objects, ...) and send them again until "
+             "the DB changes (checked on every request, so never stale); 0 computes every answer.",
+    )] = 64,
     graceful_seconds: Annotated[int, typer.Option(
         "--graceful-seconds", min=0, max=3600, help="On SIGTERM/SIGINT, let requests in flight finish this long.",
     )] = 30,
@@ -67,10 +72,11 @@ def serve(
     registry.store.exists("ready-probe")
     import uvicorn
 
-    from ctpreg.integrations.server import ACCESS_LOG_ENV, MAX_BODY_ENV
+    from ctpreg.integrations.server import ACCESS_LOG_ENV, KEEP_ENV, MAX_BODY_ENV
 
     os.environ[MAX_BODY_ENV] = str(max_body_bytes)
     os.environ[ACCESS_LOG_ENV] = "1" if access_log else "0"
+    os.environ[KEEP_ENV] = str(keep_mb << 20)
     scheme = "https" if ssl_certfile else "http"
     info(f"serving {settings.db_url.split('://')[0]} + {settings.store_url.split('://')[0]} registry at "
          f"{scheme}://{host}:{port} with {workers} worker(s)")
