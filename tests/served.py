@@ -45,7 +45,8 @@ def serving(env: Mapping[str, str], log_path: Path, *args: str, startup_s: float
     port = free_port()
     command = [sys.executable, "-m", "ctpreg.cli.main", "serve", "--port", str(port), *args]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # its workers too are stopped with its process group
     served = Served(f"http://127.0.0.1:{port}", process, log_path)
     pool = urllib3.PoolManager(retries=False, timeout=2.0)
     deadline = time.monotonic() + startup_s
@@ -63,6 +64,18 @@ def serving(env: Mapping[str, str], log_path: Path, *args: str, startup_s: float
             time.sleep(0.1)
         yield served
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the server and its workers, SIGKILL what is left after ``grace_s``: no worker outlives a test."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(0.2)  # the group outlives its leader until the workers have exited

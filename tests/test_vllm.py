@@ -29,6 +29,7 @@ from ctpreg.registry import Client
 from ctpreg.registry.artifacts import PromptMetadata, write_artifact
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.fingerprint import embedding_fingerprint
+from served import stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -67,15 +68,12 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, seconds: float)
 
 def launch(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with log.open("w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
+                                start_new_session=True)
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_group(process, grace_s=30)
 
 
 @pytest.fixture(scope="module")
