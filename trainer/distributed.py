@@ -6,6 +6,7 @@ identical prompt after every step. Outside a launcher these are no-ops.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -18,8 +19,16 @@ def init_from_env() -> None:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
+    atexit.register(_leave)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _leave() -> None:
+    """Destroy the group before the interpreter exits: a gloo group left to static destructors can abort the
+    process ("terminate called without an active exception") after its work is done."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:
