@@ -156,11 +156,13 @@ def populate_ctpreg(url: str, models: list[dict], rows: list[dict]) -> float:
 
 
 def analyze(url: str) -> None:
-    """Planner statistics for every table, so both registries are measured on analysed databases."""
-    options = {"isolation_level": "AUTOCOMMIT"} if url.startswith("postgresql") else {}
-    engine = sa.create_engine(url, **options)
+    """Planner statistics for every table, so both registries are measured on analysed databases. On PostgreSQL,
+    ``VACUUM ANALYZE``: the state autovacuum brings a bulk-loaded table to within minutes (its visibility map is
+    what lets an index-only scan skip the table's pages), rather than the moment after the load."""
+    postgres = url.startswith("postgresql")
+    engine = sa.create_engine(url, **({"isolation_level": "AUTOCOMMIT"} if postgres else {}))
     with engine.begin() as conn:
-        conn.execute(sa.text("ANALYZE"))
+        conn.execute(sa.text("VACUUM ANALYZE" if postgres else "ANALYZE"))
     engine.dispose()
 
 

@@ -15,13 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .db.lite import SqliteReader, sqlite_path
+from .db.postgres_reads import PostgresReads, conninfo_for
 from .lazy import lazy_module
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt, StoreError
 from .compression import FULL_PRECISION_BITS
-from .identity import LEGACY, SPEC_KINDS
+from .identity import LEGACY
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .recovery import gap_recovered, is_perplexity
@@ -80,6 +81,7 @@ class Registry:
         self._db, self._store, self._settings = db, store, settings
         self.user = user
         self._known_models: dict[str, BaseModelRecord] = {}  # base-model rows never change once written
+        self._postgres: PostgresReads | Literal[False] | None = None  # None: not opened yet; False: not PostgreSQL
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
@@ -120,8 +122,22 @@ class Registry:
             finally:
                 reader.close()
             return
+        postgres = self._postgres_reads()
+        if postgres is not None:
+            with postgres.reader() as found:
+                if found is not None:
+                    yield found
+                    return
         with self.db.session() as session:
             yield crud.SessionReads(session)
+
+    def _postgres_reads(self) -> PostgresReads | None:
+        """The psycopg read path for a ``postgresql+psycopg://`` DB (``db.postgres_reads``), opened once."""
+        if self._postgres is None:
+            url = self._db.url if self._db is not None else self._settings.db_url if self._settings else ""
+            conninfo = conninfo_for(url)
+            self._postgres = PostgresReads(conninfo) if conninfo is not None else False
+        return self._postgres if self._postgres and self._postgres.usable else None
 
     # --- publish -------------------------------------------------------------------------------------------------
 
@@ -348,19 +364,7 @@ class Registry:
             if base is None or base.id is None:
                 raise NoCompatiblePrompt(f"model {target.model!r} is not registered, so no prompt is known to fit it")
             self._known_models[target.model] = base
-            spec = target.spec
-            evidence = (
-                reads.evidence(
-                    target_model=target.model, target_compression=spec.canonical, target_key=target.identity,
-                    target_kinds=None if target.identity else SPEC_KINDS, eval_key=eval_key,
-                )
-                if spec is not None else []
-            )
-            measured = {e.prompt_id for e in evidence}
-            prompts = reads.top_prompts(
-                target=target, model_id=base.id, fingerprint=base.fingerprint, limit=limit + len(measured)
-            )
-            prompts += reads.prompts_by_id(measured - {p.id for p in prompts})
+            evidence, prompts = reads.gather(target=target, base=base, limit=limit, eval_key=eval_key)
         if not prompts:
             raise NoCompatiblePrompt(f"no prompt shares the embedding space of {target.model!r}")
         return rank(target, prompts, evidence)[:limit]

@@ -1,5 +1,6 @@
-"""The standard-library SQLite read path (``registry.db.lite``) answers resolve's queries exactly as the SQLAlchemy
-path does, and a cold ``ctpreg resolve`` on the embedded registry never imports SQLAlchemy."""
+"""The read paths without SQLAlchemy (``registry.db.lite`` on SQLite, ``registry.db.postgres_reads`` on PostgreSQL)
+answer resolve's queries exactly as the SQLAlchemy path does, and a cold ``ctpreg resolve`` on the embedded registry
+never imports SQLAlchemy."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -15,12 +17,13 @@ from ctpreg.registry.db.crud import SessionReads
 from ctpreg.registry.db.engine import Database
 from ctpreg.registry.db.lite import SqliteReader, sqlite_path
 from ctpreg.registry.db.migrate import downgrade, upgrade
+from ctpreg.registry.db.postgres_reads import PostgresReads, conninfo_for
 from ctpreg.registry.identity import SPEC_KINDS
 from ctpreg.registry.matcher import Target
 from ctpreg.registry.records import Measurement
 from ctpreg.registry.service import Registry
 from ctpreg.registry.stores.local import LocalStore
-from helpers import FP_A, RANKING_TARGETS, populate_for_ranking
+from helpers import FP_A, RANKING_TARGETS, artifact_bytes, populate_for_ranking
 
 
 @pytest.fixture
@@ -101,3 +104,77 @@ def test_a_cold_resolve_never_imports_sqlalchemy(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", resolve], env=env, check=True, capture_output=True, text=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {"code": 0, "sqlalchemy": []}
     assert json.loads("\n".join(out.strip().splitlines()[:-1]))[0]["ref"] == "team/p:1", "answered from the registry"
+
+
+@pytest.mark.postgres
+def test_the_one_statement_postgres_read_equals_the_sqlalchemy_path(pg_url: str, tmp_path: Path) -> None:
+    """Every target shape, with and without evidence, identities and windows, at limits small enough that the
+    multi-target prompts' repeated rows make the statement ask again, and large enough that the class is read."""
+    db = Database(pg_url)
+    upgrade(db.engine)
+    registry = Registry(db, LocalStore(tmp_path / "objects"), user="test")
+    rng = random.Random(12)
+    populate_for_ranking(registry, rng)
+    everything = [p for p in registry.list_prompts() if p.model_fingerprint == FP_A and not p.deprecated]
+    reads = PostgresReads(conninfo_for(pg_url))
+    windows = "0" * 64
+    try:
+        for fields in RANKING_TARGETS:
+            for identity in (None, "compressed:" + "1" * 64):
+                target = Target(model="m", dataset=rng.choice([None, "news"]), task=rng.choice([None, "qa"]),
+                                identity=identity, **fields)
+                if target.spec is not None:
+                    for record in rng.sample(everything, 3):
+                        measurement = Measurement(50.0, 40.0, "wiki", 100, ppl_full=30.0,
+                                                  target_key=identity or "compressed:" + "2" * 64)
+                        registry.record_evidence(target, record, measurement, accepted=rng.random() < 0.5)
+                with reads.reader() as reader, db.session() as session:
+                    assert reader is not None
+                    full = SessionReads(session)
+                    base = full.base_model("m")
+                    assert reader.base_model("m") == base and reader.base_model("nobody") is None
+                    for limit in (1, 3, 20, 500):
+                        for eval_key in (None, windows):
+                            args = dict(target=target, base=base, limit=limit, eval_key=eval_key)
+                            assert reader.gather(**args) == full.gather(**args), (fields, identity, limit)
+    finally:
+        reads.close()
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgres_resolve_is_one_statement(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = Database(pg_url)
+    upgrade(db.engine)
+    registry = Registry(db, LocalStore(tmp_path / "objects"), user="test")
+    for seed in range(5):
+        registry.publish_bytes(artifact_bytes(seed, model="m", compression="gptq-w3-g128"), name=f"t/p{seed}")
+    target = Target(model="m", method="gptq", bits=3)
+    registry.candidates(target)  # the model's row is read once and kept
+    statements: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def counted(self, query, params=None, **kwargs):
+        statements.append(query)
+        return execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", counted)
+    ranked = registry.candidates(target, limit=3)
+    assert len(statements) == 1
+    assert [c.prompt.name for c in ranked] == ["t/p0", "t/p1", "t/p2"]  # equal recovery and version: by name
+    db.dispose()
+
+
+@pytest.mark.postgres
+def test_the_postgres_path_declines_another_schema_and_other_drivers(pg_url: str) -> None:
+    db = Database(pg_url)
+    upgrade(db.engine)
+    downgrade(db.engine, "0003_evidence_identity")
+    reads = PostgresReads(conninfo_for(pg_url))
+    with reads.reader() as reader:
+        assert reader is None, "another schema revision: the full path upgrades or refuses"
+    assert not reads.usable
+    db.dispose()
+    assert conninfo_for("postgresql://h/db") is None and conninfo_for("sqlite:///x.db") is None
+    url = "u:p%40ss@h:5/db?options=-c%20x"
+    assert conninfo_for(f"postgresql+psycopg://{url}") == f"postgresql://{url}"

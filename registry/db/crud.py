@@ -27,6 +27,7 @@ from ..matcher import Target
 from ..rank_rules import distinct_head
 from ..refs import LATEST, PromptRef
 from . import ranking
+from .lite import gather_by_parts
 from ..tokens import NewToken, TokenRecord
 from .models import AliasRow, ApiTokenRow, BaseModelRow, PromptRow, PromptTargetRow, TransferResultRow, utcnow
 
@@ -314,13 +315,16 @@ def _record_id(record: PromptRecord) -> int:
 
 
 class Reads(Protocol):
-    """Resolve's four read queries; ``SessionReads`` (this module) and ``lite.SqliteReader`` answer them alike."""
+    """Resolve's read queries; ``SessionReads`` (this module), ``lite.SqliteReader`` and ``postgres_reads`` answer
+    them alike. ``gather`` is what ``Registry.candidates`` ranks (``lite.gather_by_parts`` for the first two)."""
 
     def base_model(self, name: str) -> BaseModelRecord | None: ...
     def evidence(self, *, target_model: str, target_compression: str, target_key: str | None,
                  target_kinds: Sequence[str] | None, eval_key: str | None) -> list[Evidence]: ...
     def top_prompts(self, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]: ...
     def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]: ...
+    def gather(self, *, target: Target, base: BaseModelRecord, limit: int,
+               eval_key: str | None) -> tuple[list[Evidence], list[PromptRecord]]: ...
 
 
 @dataclass(frozen=True)
@@ -343,11 +347,15 @@ class SessionReads:
     def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]:
         return prompts_by_id(self.session, ids=ids)
 
+    def gather(self, *, target: Target, base: BaseModelRecord, limit: int,
+               eval_key: str | None) -> tuple[list[Evidence], list[PromptRecord]]:
+        return gather_by_parts(self, target=target, base=base, limit=limit, eval_key=eval_key)
+
 
 def prompts_by_id(session: Session, *, ids: set[int]) -> list[PromptRecord]:
     if not ids:
         return []
-    stmt = _record_query().where(PromptRow.id.in_(sorted(ids)), PromptRow.deprecated.is_(False))
+    stmt = _record_query().where(PromptRow.id.in_(sorted(ids)), PromptRow.deprecated.is_(False)).order_by(PromptRow.id)
     return _records(session, stmt, with_aliases=False)
 
 

@@ -1,19 +1,22 @@
-"""Resolve's reads on SQLite through the standard library, so a cold ``ctpreg resolve`` never imports SQLAlchemy.
+"""Resolve's reads as SQL text run through a plain DB-API connection: no SQLAlchemy, no ORM on the hot path.
 
 Importing SQLAlchemy and SQLModel costs more than a cold resolve may take in all (measured in
-``bench/cli_latency.py``). A read-only resolve on an embedded SQLite file whose schema is current needs four
-queries: the target model, its evidence, the head of the ranking and the prompts measured on it. ``SqliteReader``
-runs them with ``sqlite3`` in one read transaction; the ranking's ORDER BY is ``registry.rank_rules`` rendered as SQL
-text by ``TextOps`` (the third interpreter of the rules, after the matcher and ``db/ranking``). Anything else (a
+``bench/cli_latency.py``), and its ORM layer costs more per query than PostgreSQL takes to answer one. A read-only
+resolve needs four queries: the target model, its evidence, the head of the ranking and the prompts measured on it.
+``SqliteReader`` runs them with ``sqlite3`` in one read transaction; ``db.postgres_reads`` runs them with psycopg as
+one statement. The ranking's ORDER BY is ``registry.rank_rules`` rendered as SQL text by ``TextOps`` (the third
+interpreter of the rules, after the matcher and ``db/ranking``) in each backend's ``Dialect``. Anything else (a
 missing file, another schema revision, any write) goes through the SQLAlchemy path, which upgrades or refuses.
-``tests/test_lite_reads.py`` checks that both paths answer every target identically.
+``tests/test_lite_reads.py`` checks that every path answers every target identically.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 
 from .. import rank_rules
 from ..compression import FULL_PRECISION_BITS
-from ..identity import LEGACY, EvalData
+from ..identity import LEGACY, SPEC_KINDS, EvalData
 from ..matcher import Target
 from ..rank_rules import Shape, distinct_head
 from ..records import BaseModelRecord, Evidence, Measurement, PromptRecord
@@ -32,20 +35,39 @@ _COLUMNS = {
     "sparsity": "t.sparsity", "dataset": "t.dataset", "task": "t.task", "recovery": "t.recovery",
     "version": "t.version", "name": "t.name",
 }
-_RECORD = (
-    "SELECT p.id, p.name, p.version, b.name AS model_name, b.fingerprint AS model_fingerprint, p.compression,"
-    " p.dataset, p.task, p.num_virtual_tokens, p.hidden_size, p.dtype, p.sha256, p.size_bytes, p.object_key,"
-    " p.metrics, p.training, p.created_at, p.created_by, p.deprecated"
-    " FROM prompt AS p JOIN base_model AS b ON p.base_model_id = b.id"
+RECORD_COLUMNS = (
+    "p.id, p.name, p.version, b.name, b.fingerprint, p.compression, p.dataset, p.task, p.num_virtual_tokens,"
+    " p.hidden_size, p.dtype, p.sha256, p.size_bytes, p.object_key, p.metrics, p.training, p.created_at,"
+    " p.created_by, p.deprecated"
 )
-_EVIDENCE = (
-    "SELECT t.prompt_id, bt.name AS target_name, t.target_compression, t.ppl_without, t.ppl_with, t.eval_dataset,"
-    " t.eval_tokens, t.target_key, t.eval_data, t.target_source, t.ppl_full, t.accepted, t.measured_at, p.name,"
-    " p.version"
+RECORD_FROM = " FROM prompt AS p JOIN base_model AS b ON p.base_model_id = b.id"
+EVIDENCE_COLUMNS = (
+    "t.prompt_id, bt.name, t.target_compression, t.ppl_without, t.ppl_with, t.eval_dataset, t.eval_tokens,"
+    " t.target_key, t.eval_data, t.target_source, t.ppl_full, t.accepted, t.measured_at, p.name, p.version, t.id"
+)
+EVIDENCE_FROM = (
     " FROM transfer_result AS t JOIN base_model AS bt ON t.target_model_id = bt.id"
     " JOIN prompt AS p ON t.prompt_id = p.id"
     " WHERE bt.name = :target_model AND t.target_compression = :target_compression"
 )
+_RECORD = f"SELECT {RECORD_COLUMNS}{RECORD_FROM}"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the backends' SQL text: how a boolean column reads false, and the parameter style
+    (the statements are written with ``:name``; psycopg wants ``%(name)s``)."""
+
+    false: str
+    pyformat: bool
+
+    def render(self, sql: str) -> str:
+        return _NAMED.sub(r"%(\1)s", sql) if self.pyformat else sql
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+SQLITE = Dialect(false="0", pyformat=False)  # an integer column: `= 0` keeps the rank index usable
+POSTGRES = Dialect(false="false", pyformat=True)
 
 
 class Sql(str):
@@ -53,10 +75,12 @@ class Sql(str):
 
 
 class TextOps:
-    """``rank_rules.Ops`` as SQLite text; values become named parameters collected in ``params``."""
+    """``rank_rules.Ops`` as SQL text. The target's values are named parameters; the rules' own constants are
+    parameters collected in ``params`` too, or, with ``inline``, SQL literals (a shorter statement)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inline: bool = False) -> None:
         self.params: dict[str, Any] = {}
+        self.inline = inline
 
     def column(self, name: str) -> Sql:
         return Sql(_COLUMNS[name])
@@ -65,6 +89,8 @@ class TextOps:
         return Sql(f":t_{name}")
 
     def const(self, value: Any) -> Sql:
+        if self.inline:
+            return _literal(value)
         key = f"c{len(self.params)}"
         self.params[key] = value
         return Sql(f":{key}")
@@ -85,7 +111,7 @@ class TextOps:
         return Sql(f"({value} IS NULL)")
 
     def all_of(self, conditions: Sequence[Sql]) -> Sql:
-        return Sql("(" + " AND ".join(conditions) + ")" if conditions else "1")
+        return Sql("(" + " AND ".join(conditions) + ")" if conditions else "(1 = 1)")
 
     def case(self, whens: Sequence[tuple[Sql, Any]], otherwise: Any) -> Sql:
         branches = " ".join(f"WHEN {condition} THEN {self._value(then)}" for condition, then in whens)
@@ -104,19 +130,45 @@ class TextOps:
         return value if isinstance(value, Sql) else self.const(value)
 
 
+@dataclass(frozen=True)
+class RankSql:
+    """The ranking rendered for one target shape: the condition of the target model's own exact matches, the two
+    orders, and the constants they bind (callers copy them)."""
+
+    exact: str
+    own_order: str
+    class_order: str
+    constants: dict[str, Any]
+
+
+def _literal(value: Any) -> Sql:
+    """A constant of the rules (a method or family name, a tier, a flag) as SQL."""
+    if isinstance(value, bool):
+        return Sql("TRUE" if value else "FALSE")
+    if isinstance(value, int | float):
+        return Sql(repr(value))
+    if isinstance(value, str):
+        return Sql("'" + value.replace("'", "''") + "'")
+    raise TypeError(f"no SQL literal for {value!r}")
+
+
+@lru_cache(maxsize=512)
+def rank_sql(shape: Shape, inline: bool = False) -> RankSql:
+    ops = TextOps(inline)
+    return RankSql(rank_rules.exact(shape, ops), ", ".join(rank_rules.own_exact_order(shape, ops)),
+                   ", ".join(rank_rules.order(shape, ops)), ops.params)
+
+
 @lru_cache(maxsize=512)
 def _statements(shape: Shape) -> tuple[str, str, dict[str, Any]]:
-    """(own exact matches, whole class) for one target shape, and the constants they bind (built once per shape;
-    callers copy the constants)."""
-    ops = TextOps()
-    exact = rank_rules.exact(shape, ops)
-    own_order = ", ".join(rank_rules.own_exact_order(shape, ops))
-    class_order = ", ".join(rank_rules.order(shape, ops))
+    """(own exact matches, whole class) for one target shape on SQLite, and the constants they bind."""
+    rank = rank_sql(shape)
     ranked = f"{_RECORD} JOIN prompt_target AS t ON t.prompt_id = p.id"
-    own = (f"{ranked} WHERE t.id IN (SELECT t.id FROM prompt_target AS t WHERE t.base_model_id = :t_model AND {exact}"
-           f" AND t.deprecated = 0 ORDER BY {own_order} LIMIT :limit) ORDER BY {own_order}")
-    whole = f"{ranked} WHERE b.fingerprint = :fingerprint AND t.deprecated = 0 ORDER BY {class_order} LIMIT :limit"
-    return own, whole, ops.params
+    own = (f"{ranked} WHERE t.id IN (SELECT t.id FROM prompt_target AS t WHERE t.base_model_id = :t_model"
+           f" AND {rank.exact} AND t.deprecated = 0 ORDER BY {rank.own_order} LIMIT :limit) ORDER BY {rank.own_order}")
+    whole = (f"{ranked} WHERE b.fingerprint = :fingerprint AND t.deprecated = 0 ORDER BY {rank.class_order}"
+             " LIMIT :limit")
+    return own, whole, rank.constants
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -125,6 +177,46 @@ def sqlite_path(url: str) -> Path | None:
     if not url.startswith(prefix) or "?" in url or len(url) == len(prefix) or ":memory:" in url:
         return None
     return Path(url[len(prefix):])
+
+
+def evidence_filters(*, target_key: str | None, target_kinds: Sequence[str] | None,
+                     eval_key: str | None) -> tuple[str, dict[str, Any]]:
+    """The evidence query's filters beyond model and compression (``crud.evidence_for``'s), as SQL and values."""
+    sql, params = "", {}
+    if target_key is not None:
+        sql, params["target_key"] = " AND t.target_key = :target_key", target_key
+    elif target_kinds is not None:
+        clauses = []
+        for i, kind in enumerate(target_kinds):
+            params[f"kind{i}"] = kind if kind == LEGACY else f"{kind}:"
+            clauses.append(f"t.target_key = :kind{i}" if kind == LEGACY
+                           else f"substr(t.target_key, 1, length(:kind{i})) = :kind{i}")
+        sql += " AND (" + " OR ".join(clauses or ["1 = 0"]) + ")"
+    if eval_key is not None:
+        sql, params["eval_key"] = sql + " AND t.eval_key = :eval_key", eval_key
+    return sql, params
+
+
+def record_from_row(row: Sequence[Any]) -> PromptRecord:
+    """A ``RECORD_COLUMNS`` row: JSON and times as SQLite's text or as PostgreSQL's JSON values."""
+    return PromptRecord(
+        id=row[0], name=row[1], version=row[2], model=row[3], model_fingerprint=row[4], compression=row[5],
+        dataset=row[6], task=row[7], num_virtual_tokens=row[8], hidden_size=row[9], dtype=row[10],
+        sha256=row[11], size_bytes=row[12], object_key=row[13], metrics=_json(row[14]) or {},
+        training=_json(row[15]) or {}, created_at=_time(row[16]), created_by=row[17], deprecated=bool(row[18]),
+    )
+
+
+def evidence_from_row(row: Sequence[Any]) -> Evidence:
+    """An ``EVIDENCE_COLUMNS`` row."""
+    data = _json(row[8])  # SQLAlchemy's JSON type writes None as the JSON null
+    return Evidence(
+        prompt_id=row[0], target_model=row[1], target_compression=row[2],
+        measurement=Measurement(row[3], row[4], row[5], row[6], target_key=row[7],
+                                eval_data=EvalData.from_dict(data) if data else None, target_source=row[9],
+                                ppl_full=row[10]),
+        accepted=bool(row[11]), measured_at=_time(row[12]), prompt_ref=f"{row[13]}:{row[14]}",
+    )
 
 
 class SqliteReader:
@@ -169,31 +261,10 @@ class SqliteReader:
     def evidence(self, *, target_model: str, target_compression: str, target_key: str | None,
                  target_kinds: Sequence[str] | None, eval_key: str | None) -> list[Evidence]:
         """``crud.evidence_for`` for one compression of one model, oldest first."""
-        sql, params = _EVIDENCE, {"target_model": target_model, "target_compression": target_compression}
-        if target_key is not None:
-            sql, params["target_key"] = sql + " AND t.target_key = :target_key", target_key
-        elif target_kinds is not None:
-            clauses = []
-            for i, kind in enumerate(target_kinds):
-                params[f"kind{i}"] = kind if kind == LEGACY else f"{kind}:"
-                clauses.append(f"t.target_key = :kind{i}" if kind == LEGACY
-                               else f"substr(t.target_key, 1, length(:kind{i})) = :kind{i}")
-            sql += " AND (" + " OR ".join(clauses or ["0"]) + ")"
-        if eval_key is not None:
-            sql, params["eval_key"] = sql + " AND t.eval_key = :eval_key", eval_key
-        rows = self.connection.execute(sql + " ORDER BY t.measured_at, t.id", params).fetchall()
-        return [
-            Evidence(
-                prompt_id=row[0], target_model=row[1], target_compression=row[2],
-                measurement=Measurement(
-                    row[3], row[4], row[5], row[6], target_key=row[7],
-                    eval_data=_eval_data(row[8]), target_source=row[9],
-                    ppl_full=row[10],
-                ),
-                accepted=bool(row[11]), measured_at=_time(row[12]), prompt_ref=f"{row[13]}:{row[14]}",
-            )
-            for row in rows
-        ]
+        filters, params = evidence_filters(target_key=target_key, target_kinds=target_kinds, eval_key=eval_key)
+        params.update(target_model=target_model, target_compression=target_compression)
+        sql = f"SELECT {EVIDENCE_COLUMNS}{EVIDENCE_FROM}{filters} ORDER BY t.measured_at, t.id"
+        return [evidence_from_row(row) for row in self.connection.execute(sql, params).fetchall()]
 
     def top_prompts(self, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]:
         """``crud.top_prompts``: the head of the metadata order (the own exact matches when they fill it)."""
@@ -215,23 +286,36 @@ class SqliteReader:
         return self._records(f"{_RECORD} WHERE p.id IN ({marks}) AND p.deprecated = 0 ORDER BY p.id", sorted(ids))
 
     def _records(self, sql: str, params: dict[str, Any] | list[Any]) -> list[PromptRecord]:
-        return [
-            PromptRecord(
-                id=row[0], name=row[1], version=row[2], model=row[3], model_fingerprint=row[4], compression=row[5],
-                dataset=row[6], task=row[7], num_virtual_tokens=row[8], hidden_size=row[9], dtype=row[10],
-                sha256=row[11], size_bytes=row[12], object_key=row[13], metrics=json.loads(row[14] or "{}") or {},
-                training=json.loads(row[15] or "{}") or {}, created_at=_time(row[16]), created_by=row[17],
-                deprecated=bool(row[18]),
-            )
-            for row in self.connection.execute(sql, params).fetchall()
-        ]
+        return [record_from_row(row) for row in self.connection.execute(sql, params).fetchall()]
+
+    def gather(self, *, target: Target, base: BaseModelRecord, limit: int,
+               eval_key: str | None) -> tuple[list[Evidence], list[PromptRecord]]:
+        return gather_by_parts(self, target=target, base=base, limit=limit, eval_key=eval_key)
 
 
-def _eval_data(text: str | None) -> EvalData | None:
-    data = json.loads(text) if text else None  # SQLAlchemy's JSON type writes None as the text null
-    return EvalData.from_dict(data) if data else None
+def gather_by_parts(reads: Any, *, target: Target, base: BaseModelRecord, limit: int,
+                    eval_key: str | None) -> tuple[list[Evidence], list[PromptRecord]]:
+    """What ``Registry.candidates`` ranks, from a reader's four queries: the evidence measured on the target, and
+    the head of the metadata order (``limit`` plus one per measured prompt) with every measured prompt added."""
+    spec = target.spec
+    evidence = (
+        reads.evidence(target_model=target.model, target_compression=spec.canonical, target_key=target.identity,
+                       target_kinds=None if target.identity else SPEC_KINDS, eval_key=eval_key)
+        if spec is not None else []
+    )
+    measured = {e.prompt_id for e in evidence}
+    assert base.id is not None
+    prompts = reads.top_prompts(target=target, model_id=base.id, fingerprint=base.fingerprint,
+                                limit=limit + len(measured))
+    prompts += reads.prompts_by_id(measured - {p.id for p in prompts})
+    return evidence, prompts
 
 
-def _time(text: str | None) -> datetime | None:
-    """SQLAlchemy stores SQLite datetimes as ISO text without a zone; read them back the same way."""
-    return datetime.fromisoformat(text) if text else None
+def _json(value: Any) -> Any:
+    """SQLite returns JSON columns as text; PostgreSQL's JSON arrives parsed."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _time(value: str | None) -> datetime | None:
+    """SQLite's stored ISO text, or the ISO text of a PostgreSQL timestamp inside JSON."""
+    return datetime.fromisoformat(value) if value else None
