@@ -1,10 +1,12 @@
 """Registry lookups at platform scale: ctpreg vs MLflow Model Registry, same database kind, same versions, one run.
 
 Populates 100,000 prompt versions over 50 base models (10 fingerprint classes), every compression level and four
-datasets, through a bulk insert, then ``ANALYZE``; then measures in-process ``resolve`` (metadata tiers) and
-``show NAME@latest`` (p50/p95/p99 over random lookups) and the cold ``ctpreg resolve --json`` command (median of 10).
-MLflow gets the same versions (a registered model per prompt name, version tags model/method/bits/dataset, a
-``latest`` alias), the same ``ANALYZE``, and the same number of calls for the same questions:
+datasets, through a bulk insert, then ``ANALYZE`` (``VACUUM ANALYZE`` on PostgreSQL); then measures in-process
+``resolve`` (metadata tiers) and ``show NAME@latest`` (p50/p95/p99 over random lookups) and the cold ``ctpreg
+resolve --json`` command (median of 10). On PostgreSQL a resolve is one statement (``db.postgres_reads``); its plan,
+as executed, closes the report. MLflow gets the same versions (a registered model per prompt name, version tags
+model/method/bits/dataset, a ``latest`` alias), the same ``ANALYZE``, and the same number of calls for the same
+questions:
 
 - ``show NAME@latest`` against ``get_model_version_by_alias(NAME, "latest")``: one version by alias;
 - ``resolve`` (the ranked top 10 for a target) against ``search_model_versions`` filtered on the same target's tags
@@ -319,18 +321,29 @@ def fmt(values: tuple[float, float, float]) -> list[str]:
 
 
 def explain(registry: Registry, target: Target) -> list[str]:
+    """The plan of what a resolve sends: on PostgreSQL the one statement of ``db.postgres_reads`` (as executed,
+    ANALYZE), on SQLite the own-exact-matches query of ``db.lite``."""
+    model = registry.get_model(target.model)
+    if registry.db.dialect == "postgresql":
+        import psycopg
+
+        from ctpreg.registry.db.postgres_reads import conninfo_for, gather_query
+
+        sql, params = gather_query(target=target, base=model, limit=10, eval_key=None)
+        with psycopg.connect(conninfo_for(registry.db.url), autocommit=True) as conn:
+            rows = conn.execute("EXPLAIN (ANALYZE, COSTS OFF) " + sql, params).fetchall()
+        return ["  " + row[0] for row in rows]
     from ctpreg.registry.db import crud, ranking
 
-    model = registry.get_model(target.model)
     shape, params = ranking.shape_and_params(target, model.id, model.fingerprint, 10)
     statement = ranking.own_exact_statement(crud._record_query(), shape)
     used = {p.key for p in statement._get_embedded_bindparams()}
     compiled = statement.params(**{k: v for k, v in params.items() if k in used}).compile(
         registry.db.engine, compile_kwargs={"literal_binds": True}
     )
-    prefix = "EXPLAIN QUERY PLAN " if registry.db.dialect == "sqlite" else "EXPLAIN "
     with registry.db.engine.connect() as conn:
-        return ["  " + " ".join(str(c) for c in row) for row in conn.exec_driver_sql(prefix + str(compiled))]
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))
+        return ["  " + " ".join(str(c) for c in row) for row in rows]
 
 
 def mlflow_filter(target: Target) -> str:

@@ -82,6 +82,20 @@ def gather_statement(shape: Shape, evidence_filter: str | None) -> str:
     return POSTGRES.render(sql)
 
 
+def gather_query(*, target: Target, base: BaseModelRecord, limit: int,
+                 eval_key: str | None) -> tuple[str, dict[str, Any]]:
+    """The statement ``PostgresReader.gather`` sends first, and its values (``factor`` 1)."""
+    spec = target.spec
+    evidence_filter, params = None, {}
+    if spec is not None:
+        evidence_filter, params = evidence_filters(
+            target_key=target.identity, target_kinds=None if target.identity else SPEC_KINDS, eval_key=eval_key)
+    params.update({f"t_{k}": v for k, v in target.rank_params.items()})
+    params.update(t_model=base.id, fingerprint=base.fingerprint, limit=limit, target_model=target.model,
+                  target_compression=spec.canonical if spec is not None else None, factor=1)
+    return gather_statement(target.shape, evidence_filter), params
+
+
 class PostgresReads:
     """psycopg connections for resolve's reads, reused across calls and threads (idle ones last in, first out)."""
 
@@ -165,15 +179,7 @@ class PostgresReader:
     def gather(self, *, target: Target, base: BaseModelRecord, limit: int,
                eval_key: str | None) -> tuple[list[Evidence], list[PromptRecord]]:
         """``lite.gather_by_parts``'s answer from one statement (more only while repeats leave a head short)."""
-        spec = target.spec
-        evidence_filter, params = None, {}
-        if spec is not None:
-            evidence_filter, params = evidence_filters(
-                target_key=target.identity, target_kinds=None if target.identity else SPEC_KINDS, eval_key=eval_key)
-        sql = gather_statement(target.shape, evidence_filter)
-        params.update({f"t_{k}": v for k, v in target.rank_params.items()})
-        params.update(t_model=base.id, fingerprint=base.fingerprint, limit=limit, target_model=target.model,
-                      target_compression=spec.canonical if spec is not None else None)
+        sql, params = gather_query(target=target, base=base, limit=limit, eval_key=eval_key)
         factor = 1
         while True:
             evidence_rows, record_rows = self._one(sql, {**params, "factor": factor})
