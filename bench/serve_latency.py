@@ -3,11 +3,17 @@
 For each backend (SQLite, PostgreSQL) the database gets 100,000 prompt versions by bulk insert
 (``registry_latency.plan``), 50 of them with real artifacts in a local object folder, and ``ANALYZE``. ``ctpreg
 serve --workers 2`` then answers, with a read token and bounded request counts at 1, 16 and 64 concurrent clients
-(aiohttp, keep-alive, on this same machine):
+(aiohttp, keep-alive, every connection opened before the clock starts, on this same machine):
 
-- ``resolve``: ``GET /v1/resolve`` for a random model and target (the ranked top candidates and the one to serve);
+- ``resolve``: ``GET /v1/resolve`` for a random model and target (400 distinct questions: 50 models x 8 targets),
+  the ranked top candidates and the one to serve;
 - ``fetch``: ``GET /v1/objects/{sha256}`` of a random published artifact, verified server-side before it is sent;
-- ``show NAME@latest``: ``GET /v1/prompt?ref=NAME@latest``, one version by alias.
+- ``show NAME@latest``: ``GET /v1/prompt?ref=NAME@latest``, one version by alias;
+- ``GET /health``: no token, no DB: the floor of the HTTP stack and the load generator on these cores.
+
+Each operation runs twice: *computed* (``--keep-mb 0``: every answer computed from the DB and the store) and *kept*
+(the default: each worker keeps answers until the DB changes, ``integrations/answers.py``; three unclocked passes ask
+every question first). The ``kept %`` column counts the answers that were replayed.
 
 MLflow's tracking server (``mlflow server``, its default app and ``--workers 2``) gets the same versions in a database
 of the same kind (``registry_latency.populate_mlflow``) and answers the question it can answer alike: one version by
@@ -35,6 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -54,6 +61,8 @@ from ctpreg.registry.stores.local import LocalStore  # noqa: E402
 from ctpreg.registry.tokens import READ  # noqa: E402
 
 PUBLISHED = 50
+KEPT_HEADER = "x-ctpreg-answer"
+WARM_PASSES = 3  # each worker keeps its own answers; each pass opens new connections, spread over the workers
 
 
 def free_port() -> int:
@@ -100,15 +109,20 @@ def server(command: list[str], env: dict[str, str], ready_path: str, timeout: fl
             os.unlink(log.name)
 
 
-async def load(url: str, paths: list[str], clients: int,
-               headers: dict[str, str]) -> tuple[float, list[float], Counter[str]]:
-    """GET every path once, ``clients`` at a time over keep-alive connections: (seconds, latencies, errors by
-    kind)."""
+@dataclass
+class Load:
+    seconds: float
+    latencies: list[float]
+    errors: Counter[str]
+    kept: int
+
+
+async def load(url: str, paths: list[str], clients: int, headers: dict[str, str]) -> Load:
+    """GET every path once, ``clients`` at a time over keep-alive connections opened before the clock starts."""
     import aiohttp
 
     queue = iter(paths)
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
+    result = Load(0.0, [], Counter(), 0)
 
     async def client(session: aiohttp.ClientSession) -> None:
         for path in queue:
@@ -117,29 +131,35 @@ async def load(url: str, paths: list[str], clients: int,
                 async with session.get(url + path, headers=headers) as response:
                     body = await response.read()
                     if response.status != 200:
-                        errors[f"HTTP {response.status}: {body[:200].decode(errors='replace')}"] += 1
+                        result.errors[f"HTTP {response.status}: {body[:200].decode(errors='replace')}"] += 1
+                    result.kept += response.headers.get(KEPT_HEADER) == "kept"
             except aiohttp.ClientError as exc:
-                errors[f"{type(exc).__name__}: {exc}"] += 1
-            latencies.append(time.perf_counter() - started)
+                result.errors[f"{type(exc).__name__}: {exc}"] += 1
+            result.latencies.append(time.perf_counter() - started)
 
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.get(url + paths[0], headers=headers) as first:  # connect outside the clock
-            await first.read()
+        async def connect() -> None:
+            async with session.get(url + "/health") as first:
+                await first.read()
+
+        await asyncio.gather(*(connect() for _ in range(clients)))  # every connection opened outside the clock
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
-        return time.perf_counter() - started, latencies, errors
+        result.seconds = time.perf_counter() - started
+        return result
 
 
 def measure(label: str, url: str, paths: list[str], levels: list[int], headers: dict[str, str],
             failures: list[str]) -> list[list[object]]:
     rows = []
     for clients in levels:
-        seconds, latencies, errors = asyncio.run(load(url, paths, clients, headers))
-        p50, _, p99 = percentiles(latencies)
-        count = sum(errors.values())
-        rows.append([label, clients, len(paths), f"{len(paths) / seconds:,.0f}", f"{p50:.2f}", f"{p99:.2f}", count])
-        failures += [f"{label} at {clients} clients: {n} x {kind}" for kind, n in errors.items()]
+        run = asyncio.run(load(url, paths, clients, headers))
+        p50, _, p99 = percentiles(run.latencies)
+        count = sum(run.errors.values())
+        rows.append([label, clients, len(paths), f"{len(paths) / run.seconds:,.0f}", f"{p50:.2f}", f"{p99:.2f}",
+                     f"{100 * run.kept / len(paths):.0f}", count])
+        failures += [f"{label} at {clients} clients: {n} x {kind}" for kind, n in run.errors.items()]
     return rows
 
 
@@ -179,16 +199,25 @@ def run_backend(backend: str, args: argparse.Namespace, failures: list[str]) -> 
         _, token = registry.create_token(scope=READ, name="bench")
         registry.db.dispose()
         env = {"CTPREG_DB_URL": url, "CTPREG_STORE_URL": (Path(folder) / "objects").as_uri(), "CTPREG_HOME": folder}
-        command = [sys.executable, "-m", "ctpreg.cli.main", "serve", "--workers", str(args.workers), "--no-access-log"]
         headers = {"Authorization": f"Bearer {token}"}
-        with server(command, env, "/ready") as base:
-            for label, paths in (
-                ("ctpreg resolve", resolve_paths(models, args.requests, rng)),
-                ("ctpreg fetch (800 KB object)", [f"/v1/objects/{rng.choice(shas)}" for _ in range(args.requests)]),
-                ("ctpreg show NAME@latest", ["/v1/prompt?" + urlencode({"ref": f"{rng.choice(names)}@latest"})
-                                             for _ in range(args.requests)]),
-            ):
-                table += [[backend, *row] for row in measure(label, base, paths, levels, headers, failures)]
+        operations = [
+            ("resolve", resolve_paths(models, args.requests, rng)),
+            ("fetch (800 KB object)", [f"/v1/objects/{rng.choice(shas)}" for _ in range(args.requests)]),
+            ("show NAME@latest", ["/v1/prompt?" + urlencode({"ref": f"{rng.choice(names)}@latest"})
+                                  for _ in range(args.requests)]),
+        ]
+        for keep_mb, kind in ((0, "computed"), (64, "kept")):
+            command = [sys.executable, "-m", "ctpreg.cli.main", "serve", "--workers", str(args.workers),
+                       "--no-access-log", "--keep-mb", str(keep_mb)]
+            with server(command, env, "/ready") as base:
+                if keep_mb == 0:
+                    floor = measure("GET /health (HTTP floor)", base, ["/health"] * args.requests, levels, {}, failures)
+                    table += [[backend, *row] for row in floor]
+                for label, paths in operations:
+                    for _ in range(WARM_PASSES if keep_mb else 0):  # unclocked; fresh connections reach each worker
+                        asyncio.run(load(base, sorted(set(paths)), max(levels), headers))
+                    measured = measure(f"ctpreg {label}, {kind}", base, paths, levels, headers, failures)
+                    table += [[backend, *row] for row in measured]
     if args.no_mlflow:
         return table
     if shutil.which("mlflow") is None and not Path(sys.executable).with_name("mlflow").exists():
@@ -224,7 +253,8 @@ def main() -> int:
         table += run_backend(backend, args, failures)
     print(f"\n{args.prompts:,} prompt versions; {args.requests} requests per row; {args.workers} server workers; "
           "client and servers on the same cores\n")
-    print(markdown_table(["database", "operation", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"],
+    print(markdown_table(["database", "operation", "clients", "requests", "req/s", "p50 ms", "p99 ms", "kept %",
+                          "errors"],
                          table))
     if failures:
         print("\nFAILED checks:\n" + "\n".join(failures))

@@ -38,11 +38,17 @@ def test_registry_latency(backend: str) -> None:
 def test_serve_latency() -> None:
     out = bench("serve_latency.py", "--prompts", "400", "--requests", "20", "--clients", "1,4")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "req/s" not in line]
-    labels = {(cells[0].strip(), cells[1].strip()) for cells in rows}
+    by_label: dict[tuple[str, str], list[list[str]]] = {}
+    for cells in rows:
+        by_label.setdefault((cells[0].strip(), cells[1].strip()), []).append([c.strip() for c in cells])
     for backend in ("sqlite", "postgres"):
-        for operation in ("ctpreg resolve", "ctpreg fetch (800 KB object)", "ctpreg show NAME@latest",
-                          "MLflow get_model_version_by_alias (REST)"):
-            assert (backend, operation) in labels, (backend, operation)
+        assert (backend, "GET /health (HTTP floor)") in by_label
+        assert (backend, "MLflow get_model_version_by_alias (REST)") in by_label
+        for operation in ("resolve", "fetch (800 KB object)", "show NAME@latest"):
+            computed = by_label[(backend, f"ctpreg {operation}, computed")]
+            kept = by_label[(backend, f"ctpreg {operation}, kept")]
+            assert all(row[-2] == "0" for row in computed), "--keep-mb 0 replays nothing"
+            assert all(int(row[-2]) > 0 for row in kept), "answers asked before are replayed"
     assert all(cells[-1].strip() == "0" for cells in rows), "every request answered 200"
 
 
