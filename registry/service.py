@@ -148,8 +148,9 @@ class Registry:
         return self.publish_bytes(data, artifact=artifact, name=name, alias=alias)
 
     def _restore_after_commit(self, key: str, data: bytes, record: PromptRecord) -> None:
-        """Put the object back if a concurrent gc took an old copy between our touch and our commit. The publish is
-        committed by now, so a store failure here is reported as a warning, never as a failed publish."""
+        """Where no publish gate exists (``crud.publish_gate_held``: SQLite), put the object back if a concurrent gc
+        took it between our upload or touch and our commit. The publish is committed by now, so a store failure here
+        is reported as a warning, never as a failed publish."""
         try:
             if not self.store.exists(key):
                 self.store.put(key, data)
@@ -169,13 +170,12 @@ class Registry:
         if alias is not None and check_alias(alias) == LATEST:
             raise InvalidInput("'latest' moves by itself on publish; choose another alias")
         self._check_against_registered_model(meta)
-        sha, key = self.store.put_content(data)
         spec = meta.compression
         values = dict(
             name=name, compression=spec.canonical, method=spec.method, bits=spec.bits, sparsity=spec.sparsity,
             group_size=spec.group_size, dataset=meta.dataset, task=meta.task,
             num_virtual_tokens=meta.num_virtual_tokens, hidden_size=meta.hidden_size, dtype=artifact.dtype,
-            sha256=sha, size_bytes=len(data), object_key=key, metrics=meta.metrics,
+            size_bytes=len(data), metrics=meta.metrics,
             recovery=gap_recovered(meta.metrics),
             training=meta.training,
             created_at=datetime.now(UTC), created_by=self.user, deprecated=False,
@@ -186,6 +186,9 @@ class Registry:
             for target in meta.trained_on
         ]
         with self.db.session(write=True) as session:
+            gated = crud.publish_gate_held(session)  # from before the upload until the commit
+            sha, key = self.store.put_content(data)
+            values.update(sha256=sha, object_key=key)
             model = self._known_models.get(meta.model)
             if model is None or model.id is None:
                 crud.ensure_base_model(
@@ -205,7 +208,8 @@ class Registry:
                 aliases = crud.aliases_of(session, prompt_id=record.id)
             record = replace(record, aliases=aliases)
         self._known_models[meta.model] = model
-        self._restore_after_commit(key, data, record)
+        if not gated:
+            self._restore_after_commit(key, data, record)
         log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")
         return PublishResult(prompt=record, created=created)
 
@@ -293,14 +297,16 @@ class Registry:
         orphans = [item for item in stored if sha_of_key(item.key) not in referenced and item.modified <= cutoff]
         removed = []
         for item in orphans:
-            fresh = next(iter(self.store.list(prefix=item.key)), None)
-            if fresh is None or fresh.modified > cutoff:  # gone, or touched by a publish that reuses it
-                continue
-            with self.db.session() as session:  # re-check: a publish may have claimed it meanwhile
-                if crud.is_referenced(session, sha256=sha_of_key(item.key) or ""):
+            with self.db.session(write=not dry_run) as session:
+                if not dry_run:
+                    crud.publish_gate_held(session, exclusive=True)  # publishes in flight commit first
+                fresh = next(iter(self.store.list(prefix=item.key)), None)
+                if fresh is None or fresh.modified > cutoff:  # gone, or touched by a publish that reuses it
                     continue
-            if not dry_run:
-                self.store.delete(item.key)
+                if crud.is_referenced(session, sha256=sha_of_key(item.key) or ""):  # claimed meanwhile
+                    continue
+                if not dry_run:
+                    self.store.delete(item.key)
             removed.append(item)
         for partial in self.store.partial_uploads(cutoff):
             if not dry_run:

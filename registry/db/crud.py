@@ -204,6 +204,23 @@ def lock_name(session: Session, name: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
 
 
+PUBLISH_GATE = 0x63747072  # the advisory lock key publishes share and gc takes alone ("ctpr")
+
+
+def publish_gate_held(session: Session, *, exclusive: bool = False) -> bool:
+    """On PostgreSQL, take the publish gate for the rest of the transaction and return True; elsewhere False.
+
+    A publish holds it shared from before its upload until its commit, and gc holds it alone while it re-checks and
+    deletes an orphan. So gc never deletes an object a publish has uploaded but not yet committed (gc waits for the
+    commit, then sees the reference), and a publish that starts meanwhile uploads after the deletion. A publish that
+    holds the gate needs no check of its object after committing (an S3 round trip per publish otherwise)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    lock = func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
+    session.execute(select(lock(PUBLISH_GATE)))
+    return True
+
+
 def refresh_latest(session: Session, *, name: str) -> None:
     """Point ``name@latest`` at the newest version that is not deprecated (or remove it when none is left).
 
