@@ -198,8 +198,6 @@ class Registry:
                 assert model is not None and model.id is not None
             values["base_model_id"] = model.id
             record, created = crud.insert_next_version(session, values=values, model=model, targets=targets)
-            if created:  # under the name's lock a new version is the newest, and nothing else points at it yet
-                crud.set_alias(session, name=name, alias=LATEST, prompt_id=record.id)
             if alias:
                 crud.set_alias(session, name=name, alias=alias, prompt_id=record.id)
             if created:

@@ -105,17 +105,15 @@ def test_publish_racing_deprecate_leaves_latest_on_the_new_version(pg_url: str, 
     for seed in (1, 2, 3):
         registry.publish_bytes(artifact_bytes(seed), name="race/q")
     v3 = registry.get("race/q:3")
-    original_refresh, original_set_alias = crud.refresh_latest, crud.set_alias
+    original_refresh, original_insert = crud.refresh_latest, crud.insert_next_version
     threads, entered = [], threading.Event()
 
     def refresh(session, *, name):  # the deprecate's decision on latest
         entered.set()  # it is about to decide while the publish is still open
         return original_refresh(session, name=name)
 
-    def set_alias(session, *, name, alias, prompt_id):
-        original_set_alias(session, name=name, alias=alias, prompt_id=prompt_id)
-        if threading.current_thread() is not threading.main_thread() or threads:
-            return
+    def insert_next_version(session, **kwargs):
+        inserted = original_insert(session, **kwargs)
         # v4 is latest inside the uncommitted publish: start the deprecate now
         deprecator = open_registry(db_url, (tmp_path / "store").as_uri())
         thread = threading.Thread(target=lambda: deprecator.deprecate(v3.ref))
@@ -123,12 +121,13 @@ def test_publish_racing_deprecate_leaves_latest_on_the_new_version(pg_url: str, 
         threads.append(thread)
         assert entered.wait(30)
         thread.join(1.0)  # give it time to decide (wrongly, without the lock) before the publish commits
+        return inserted
 
     monkeypatch.setattr(crud, "refresh_latest", refresh)
-    monkeypatch.setattr(crud, "set_alias", set_alias)
+    monkeypatch.setattr(crud, "insert_next_version", insert_next_version)
     assert registry.publish_bytes(artifact_bytes(4), name="race/q").prompt.version == 4
     monkeypatch.setattr(crud, "refresh_latest", original_refresh)
-    monkeypatch.setattr(crud, "set_alias", original_set_alias)
+    monkeypatch.setattr(crud, "insert_next_version", original_insert)
     threads[0].join(30)
     assert registry.get("race/q").version == 4 and registry.get("race/q:3").deprecated
     registry.db.dispose()

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Float, Integer, Select, String, bindparam, cast, column, delete, func, insert, literal, or_
+from sqlalchemy import select, true, update
+from sqlalchemy import values as sa_values
 from sqlmodel import Session
 
 from ..errors import Conflict, DatabaseError, NotFound
@@ -160,11 +162,14 @@ def insert_next_version(
     session: Session, *, values: dict[str, Any], model: BaseModelRecord, targets: Sequence[dict[str, Any]]
 ) -> tuple[PromptRecord, bool]:
     """Insert a prompt row as the next version of its name, with a ``prompt_target`` row per compression it was
-    trained on (``targets``: compression, method, bits, sparsity, group_size, recovery); return ``(record, created)``.
+    trained on (``targets``: compression, method, bits, sparsity, group_size, recovery), and point ``latest`` at it;
+    return ``(record, created)``.
 
     ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a lost race on (name, version) or a duplicate (name, sha256)
     returns no row instead of aborting the transaction, so no savepoint is needed. Idempotent: the same content
-    under the same name returns the existing version.
+    under the same name returns the existing version. Under the name's lock a new version is the newest and nothing
+    else points at it yet, so ``latest`` moves to it. On PostgreSQL the three inserts are one statement (data-modifying
+    CTEs): the name's lock is held for that statement and the commit only.
     """
     name, sha = values["name"], values["sha256"]
     lock_name(session, name)  # concurrent publishers of one name queue here instead of colliding on a version
@@ -175,12 +180,17 @@ def insert_next_version(
         _insert(session, _prompt).values(**values, version=next_version).on_conflict_do_nothing()
         .returning(_prompt.c.id, _prompt.c.version)
     )
+    combined = session.get_bind().dialect.name == "postgresql"
+    if combined:
+        statement = _with_targets_and_latest(statement, values, targets)
     for attempt in range(MAX_VERSION_ATTEMPTS):
         inserted = session.execute(statement).first()
         if inserted is not None:
-            shared = {"prompt_id": inserted.id, "version": inserted.version, "deprecated": False,
-                      **{key: values[key] for key in ("base_model_id", "dataset", "task", "name")}}
-            session.execute(insert(_target), [{**shared, **target} for target in targets])
+            if not combined:
+                shared = {"prompt_id": inserted.id, "version": inserted.version, "deprecated": False,
+                          **{key: values[key] for key in ("base_model_id", "dataset", "task", "name")}}
+                session.execute(insert(_target), [{**shared, **target} for target in targets])
+                set_alias(session, name=name, alias=LATEST, prompt_id=inserted.id)
             row = {**values, "id": inserted.id, "version": inserted.version, "model_name": model.name,
                    "model_fingerprint": model.fingerprint}
             return _to_record(SimpleNamespace(**row)), True
@@ -189,6 +199,38 @@ def insert_next_version(
             return existing, False
         time.sleep(random.uniform(0.0, 0.002 * min(attempt + 1, 25)))
     raise DatabaseError(f"could not assign a version to {name!r} after {MAX_VERSION_ATTEMPTS} attempts")
+
+
+def _with_targets_and_latest(inserting: Any, values: dict[str, Any], targets: Sequence[dict[str, Any]]) -> Select:
+    """PostgreSQL: the prompt insert, its ``prompt_target`` rows and the ``latest`` alias as one statement that
+    answers the new row's (id, version), or nothing when the insert did nothing."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    inserted = inserting.cte("inserted")
+    trained = sa_values(
+        column("compression", String), column("method", String), column("bits", Integer), column("sparsity", Float),
+        column("group_size", Integer), column("recovery", Float), name="trained",
+    ).data([tuple(target[key] for key in TARGET_KEYS) for target in targets])
+    shared = [literal(values[key], _target.c[key].type) for key in ("base_model_id", "dataset", "task", "name")]
+    rows = insert(_target).from_select(
+        ["prompt_id", "version", "deprecated", "base_model_id", "dataset", "task", "name", *TARGET_KEYS],
+        select(inserted.c.id, inserted.c.version, literal(False), *shared,
+               *(cast(trained.c[key], _target.c[key].type) for key in TARGET_KEYS))  # a column of NULLs is text
+        .select_from(inserted.join(trained, true())),
+    ).cte("target_rows")
+    latest = pg_insert(_alias).from_select(
+        ["name", "alias", "prompt_id", "updated_at"],
+        select(literal(values["name"], _alias.c.name.type), literal(LATEST, _alias.c.alias.type), inserted.c.id,
+               literal(utcnow(), _alias.c.updated_at.type)).select_from(inserted),
+    )
+    latest = latest.on_conflict_do_update(
+        index_elements=["name", "alias"],
+        set_={"prompt_id": latest.excluded.prompt_id, "updated_at": latest.excluded.updated_at},
+    ).cte("latest")
+    return select(inserted.c.id, inserted.c.version).add_cte(rows, latest)
+
+
+TARGET_KEYS = ("compression", "method", "bits", "sparsity", "group_size", "recovery")
 
 
 def aliases_of(session: Session, *, prompt_id: int) -> tuple[str, ...]:
