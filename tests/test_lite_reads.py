@@ -85,25 +85,37 @@ def test_the_reader_declines_what_the_full_path_must_handle(tmp_path: Path) -> N
     assert sqlite_path("sqlite:////abs/r.db") == Path("/abs/r.db")
 
 
-def test_a_cold_resolve_never_imports_sqlalchemy(tmp_path: Path) -> None:
+RESOLVE_COLD = (
+    "import json, sys\n"
+    "from ctpreg.cli.main import main\n"
+    "code = main(['resolve', '--model', 'tiny-llama', '--bits', '3', '--json'])\n"
+    "print(json.dumps({'code': code, 'sqlalchemy': [m for m in sys.modules if m.startswith('sqlalchemy')]}))\n"
+)
+
+
+def assert_cold_resolve_without_sqlalchemy(tmp_path: Path, db_url: str | None = None) -> None:
+    """Publish one prompt in one process, then resolve it in a fresh one: answered, with no SQLAlchemy module."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTPREG_")}
     env["CTPREG_HOME"] = str(tmp_path / "home")
+    if db_url is not None:
+        env["CTPREG_DB_URL"] = db_url
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
     publish = (
+        "from ctpreg.cli.main import main\n"
+        "assert main(['db', 'upgrade']) == 0\n"
         "from ctpreg.registry import Registry, Settings\n"
         "from helpers import artifact_bytes\n"
         "Registry.from_settings(Settings.from_env()).publish_bytes(artifact_bytes(), name='team/p')\n"
     )
-    resolve = (
-        "import json, sys\n"
-        "from ctpreg.cli.main import main\n"
-        "code = main(['resolve', '--model', 'tiny-llama', '--bits', '3', '--json'])\n"
-        "print(json.dumps({'code': code, 'sqlalchemy': [m for m in sys.modules if m.startswith('sqlalchemy')]}))\n"
-    )
     subprocess.run([sys.executable, "-c", publish], env=env, check=True, capture_output=True)
-    out = subprocess.run([sys.executable, "-c", resolve], env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", RESOLVE_COLD], env=env, check=True, capture_output=True,
+                         text=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {"code": 0, "sqlalchemy": []}
     assert json.loads("\n".join(out.strip().splitlines()[:-1]))[0]["ref"] == "team/p:1", "answered from the registry"
+
+
+def test_a_cold_resolve_never_imports_sqlalchemy(tmp_path: Path) -> None:
+    assert_cold_resolve_without_sqlalchemy(tmp_path)
 
 
 @pytest.mark.postgres
@@ -178,3 +190,8 @@ def test_the_postgres_path_declines_another_schema_and_other_drivers(pg_url: str
     assert conninfo_for("postgresql://h/db") is None and conninfo_for("sqlite:///x.db") is None
     url = "u:p%40ss@h:5/db?options=-c%20x"
     assert conninfo_for(f"postgresql+psycopg://{url}") == f"postgresql://{url}"
+
+
+@pytest.mark.postgres
+def test_a_cold_resolve_on_postgres_never_imports_sqlalchemy(pg_url: str, tmp_path: Path) -> None:
+    assert_cold_resolve_without_sqlalchemy(tmp_path, pg_url)
