@@ -29,6 +29,7 @@ from ctpreg.registry.errors import InvalidInput
 from .data import TokenWindows
 from .distributed import average_gradient, is_main, rank_and_world
 from .evaluate import perplexity
+from .fast_steps import FastSteps
 from .models import bf16_native
 from .progress import progress
 from .prompt import LOSSES, init_from_vocabulary, prompt_loss
@@ -175,6 +176,7 @@ def train_prompt(
 
     if state.step == 0 and not state.history:
         state.initial_ppl = evaluate(0)
+    fast = FastSteps([*models, *([teacher] if teacher is not None else [])]) if uses_autocast(config, device) else None
     tokens_per_step = config.batch_size * rank_and_world()[1] * (windows.seq_len - 1)
     bar = progress(range(state.step, config.steps), desc="train", unit="step", initial=state.step, total=config.steps)
     started, steps_run = time.perf_counter(), 0
@@ -187,10 +189,12 @@ def train_prompt(
             group["lr"] = get_lr(step, config)
         batch = get_batch(windows.train, step, config).to(device)
         trained = models if config.schedule == "sum" else [models[step % len(models)]]
-        with _autocast(config, device):
-            loss = sum(prompt_loss(m, batch, prompt, loss=config.loss, teacher=teacher) for m in trained) / len(trained)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with fast.active() if fast is not None else contextlib.nullcontext():
+            with _autocast(config, device):
+                loss = sum(prompt_loss(m, batch, prompt, loss=config.loss, teacher=teacher) for m in trained)
+                loss = loss / len(trained)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         average_gradient(prompt)
         torch.nn.utils.clip_grad_norm_([prompt], config.grad_clip)
         optimizer.step()
