@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ctpreg.trainer.evaluate import perplexity
-from ctpreg.trainer.fast_steps import FastSteps
+from ctpreg.trainer.fast_steps import EAGER_ATTENTION_BYTES, FastSteps, eager_attention_bytes
 from ctpreg.trainer.models import freeze
 from ctpreg.trainer.prompt import init_from_vocabulary, mean_nll
 from tiny import tiny_llama
@@ -32,7 +32,7 @@ def test_weights_cast_once_give_bitwise_the_step_of_plain_autocast() -> None:
     torch.manual_seed(1)
     batch = torch.randint(3, model.config.vocab_size, (2, 24))
     prompt = nn.Parameter(init_from_vocabulary(model, 4, seed=0))
-    fast = FastSteps([model])
+    fast = FastSteps([model], batch=2, tokens=28)
     model.set_attn_implementation("eager")  # the attention the fast step uses: only the weights differ below
     plain = bf16_step(model, prompt, batch)
     model.set_attn_implementation("sdpa")
@@ -49,7 +49,7 @@ def test_the_model_is_handed_back_as_it_was() -> None:
     attention = model.config._attn_implementation
     windows = torch.randint(3, model.config.vocab_size, (3, 16))
     ppl = perplexity(model, windows).ppl
-    fast = FastSteps([model])
+    fast = FastSteps([model], batch=2, tokens=28)
     with fast.active():
         pass
     assert model.config._attn_implementation == attention
@@ -64,9 +64,20 @@ def test_a_tied_head_and_trainable_weights_are_left_alone() -> None:
     model.lm_head.weight = model.get_input_embeddings().weight  # tied, as SmolLM2's
     extra = nn.Linear(4, 4)  # trainable: not the frozen model's
     model.add_module("extra", extra)
-    with FastSteps([model]).active():
+    with FastSteps([model], batch=2, tokens=28).active():
         assert model.lm_head.weight.dtype == torch.float32 and model.lm_head.weight is model.model.embed_tokens.weight
         assert extra.weight.dtype == torch.float32 and extra.weight.requires_grad
+
+
+def test_eager_attention_only_while_its_saved_probabilities_fit() -> None:
+    model = frozen_tiny()
+    own = model.config._attn_implementation
+    with FastSteps([model], batch=2, tokens=28).active():
+        assert model.config._attn_implementation == "eager"
+    too_long = 1 + int((EAGER_ATTENTION_BYTES / eager_attention_bytes(model, batch=2, tokens=1)) ** 0.5)
+    with FastSteps([model], batch=2, tokens=too_long).active():
+        assert model.config._attn_implementation == own
+        assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16, "the weights are cast all the same"
 
 
 def test_a_model_that_cannot_switch_attention_is_trained_as_it_is() -> None:
@@ -80,6 +91,6 @@ def test_a_model_that_cannot_switch_attention_is_trained_as_it_is() -> None:
             return self.embed
 
     model = Fixed()
-    with FastSteps([model]).active():
+    with FastSteps([model], batch=2, tokens=28).active():
         assert model.proj.weight.dtype == torch.bfloat16
     assert model.proj.weight.dtype == torch.float32

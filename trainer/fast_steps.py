@@ -10,9 +10,11 @@ Two changes, both measured on SmolLM2-135M, a 50-token prompt, batch 4x256, 2 co
   path's batched matmuls run in bf16 (2.07 -> 1.63 s/step). The numbers differ within bf16 rounding (the prompt's
   gradient by 4% relative), so ``bench/train_throughput.py`` reports the select perplexity reached with and without.
 
-Evaluation runs in float32 with the model's own attention: the swap is undone outside ``active()``. The bf16 copies
-cost two bytes per weight of each model while training. A tied LM head is left alone (``registry.head_loss``
-casts it once per call).
+Eager attention keeps every layer's attention probabilities for backward, batch x heads x tokens^2 each, where the
+flash kernel keeps none: it is used only while those fit in ``EAGER_ATTENTION_BYTES`` (the measured step above
+keeps about 0.6 GB); longer windows keep the model's own attention. Evaluation runs in float32 with the model's own
+attention: the swap is undone outside ``active()``. The bf16 copies cost two bytes per weight of each model while
+training. A tied LM head is left alone (``registry.head_loss`` casts it once per call).
 """
 
 from __future__ import annotations
@@ -24,16 +26,29 @@ import torch
 from torch import nn
 
 FAST_ATTENTION = "eager"
+EAGER_ATTENTION_BYTES = 1 << 30
+SAVED_BYTES_PER_PROBABILITY = 6  # the float32 softmax and its bf16 copy for the next matmul
+
+
+def eager_attention_bytes(model: nn.Module, *, batch: int, tokens: int) -> int:
+    """What eager attention keeps for backward over all layers: a probability per head, query and key."""
+    config = model.config
+    return (config.num_hidden_layers * batch * config.num_attention_heads * tokens * tokens
+            * SAVED_BYTES_PER_PROBABILITY)
 
 
 class FastSteps:
     """bf16 copies of the frozen float32 ``nn.Linear`` weights of ``models``, made once, and ``active()`` to train
-    with them and eager attention."""
+    with them (and with eager attention where its saved probabilities fit)."""
 
-    def __init__(self, models: Sequence[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module], *, batch: int, tokens: int) -> None:
+        """``batch`` windows of ``tokens`` positions (prompt included) per step decide whether eager attention fits."""
         self.models = list(models)
-        self._attention = [(model, model.config._attn_implementation) for model in self.models
-                           if _switches_attention(model)]
+        self._attention = [
+            (model, model.config._attn_implementation) for model in self.models
+            if _switches_attention(model) and eager_attention_bytes(model, batch=batch, tokens=tokens)
+            <= EAGER_ATTENTION_BYTES
+        ]
         self._copies: list[tuple[nn.Linear, nn.Parameter, nn.Parameter]] = []
         for model in self.models:
             embeddings = model.get_input_embeddings().weight

@@ -176,7 +176,8 @@ def train_prompt(
 
     if state.step == 0 and not state.history:
         state.initial_ppl = evaluate(0)
-    fast = FastSteps([*models, *([teacher] if teacher is not None else [])]) if uses_autocast(config, device) else None
+    fast = FastSteps([*models, *([teacher] if teacher is not None else [])], batch=config.batch_size,
+                     tokens=config.num_tokens + windows.seq_len) if uses_autocast(config, device) else None
     tokens_per_step = config.batch_size * rank_and_world()[1] * (windows.seq_len - 1)
     bar = progress(range(state.step, config.steps), desc="train", unit="step", initial=state.step, total=config.steps)
     started, steps_run = time.perf_counter(), 0
