@@ -5,10 +5,12 @@ where the CPU has it) and objective: the mean NLL of tokens 2..L of each window.
 token 1 (predicted from the last virtual token), so its labels get token 1 masked with -100 and all rows optimise the
 same function. They differ only in how the step computes it:
 
-- ``ctpreg``: the trainer's step: the decoder over prompt + text, then the LM head and the loss fused in row chunks
-  (``registry/head_loss.py``);
-- ``ctpreg, full logits``: the same decoder, then the LM head on the scored positions and ``F.cross_entropy`` over
-  the whole logits tensor (the trainer's step before the chunked head);
+- ``ctpreg``: the trainer's step: the decoder over prompt + text with its frozen weights cast to bf16 once and eager
+  attention (``trainer/fast_steps.py``), then the LM head and the loss fused in row chunks (``registry/head_loss.py``);
+- ``ctpreg, weights cast per call, model's attention``: the same without ``fast_steps`` (autocast casts each weight
+  on every call; the model's own attention, SDPA);
+- ``ctpreg, full logits``: the decoder of the row above, then the LM head on the scored positions and
+  ``F.cross_entropy`` over the whole logits tensor (the trainer's step before the chunked head);
 - ``PEFT PromptTuning``: ``PromptTuningConfig`` on transformers' forward with labels (the LM head over every
   position, prompt included).
 
@@ -24,6 +26,7 @@ uncompressed model) is timed as its own phase.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -47,6 +50,7 @@ from ctpreg.registry.settings import Settings  # noqa: E402
 from ctpreg.trainer.compress import CompressConfig  # noqa: E402
 from ctpreg.trainer.data import load_corpus, make_windows  # noqa: E402
 from ctpreg.trainer.evaluate import perplexity  # noqa: E402
+from ctpreg.trainer.fast_steps import FastSteps  # noqa: E402
 from ctpreg.trainer.pipeline import compress_loaded, load_base  # noqa: E402
 from ctpreg.trainer.prompt import init_from_vocabulary  # noqa: E402
 from ctpreg.trainer.train import TrainConfig, get_batch, get_lr, uses_autocast  # noqa: E402
@@ -97,8 +101,9 @@ def rss_growth() -> Iterator[list[float]]:
 class Trainer:
     """One row: a prompt parameter, its optimizer and its step; ``step`` records each step's phase seconds."""
 
-    def __init__(self, step_loss: StepLoss, parameter: torch.nn.Parameter, config: TrainConfig) -> None:
-        self.step_loss, self.parameter, self.config = step_loss, parameter, config
+    def __init__(self, step_loss: StepLoss, parameter: torch.nn.Parameter, config: TrainConfig,
+                 around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+        self.step_loss, self.parameter, self.config, self.around = step_loss, parameter, config, around
         self.optimizer = torch.optim.AdamW([parameter], lr=config.lr)
         self.steps: list[Phases] = []
         self.loss = float("nan")
@@ -109,12 +114,13 @@ class Trainer:
         batch = get_batch(windows, step, self.config)
         phases: Phases = {}
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_autocast(self.config, torch.device("cpu"))):
-            value = self.step_loss(batch, phases)
-        clock = Clock(phases)
-        self.optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        clock.lap("backward")
+        with self.around():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_autocast(self.config, torch.device("cpu"))):
+                value = self.step_loss(batch, phases)
+            clock = Clock(phases)
+            self.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            clock.lap("backward")
         torch.nn.utils.clip_grad_norm_([self.parameter], self.config.grad_clip)
         self.optimizer.step()
         clock.lap("optimizer")
@@ -209,9 +215,10 @@ def main() -> int:
 
     rows: dict[str, Trainer] = {}
 
-    def add(name: str, make_step: Callable[[torch.nn.Parameter], StepLoss]) -> None:
+    def add(name: str, make_step: Callable[[torch.nn.Parameter], StepLoss],
+            around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
         parameter = torch.nn.Parameter(init.clone())
-        rows[name] = Trainer(make_step(parameter), parameter, config)
+        rows[name] = Trainer(make_step(parameter), parameter, config, around)
 
     peft_model = get_peft_model(
         copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_tokens)
@@ -219,11 +226,17 @@ def main() -> int:
     embedding = peft_model.prompt_encoder["default"].embedding.weight
     with torch.no_grad():
         embedding.copy_(init)
-    add("ctpreg", lambda prompt: ctpreg_step(model, prompt))
+    frozen = [model] + ([loaded.model] if args.loss != "ce" else [])
+    fast = (FastSteps(frozen, batch=args.batch_size, tokens=args.num_tokens + args.seq_len)
+            if uses_autocast(config, torch.device("cpu")) else None)
+    trainer_mode = fast.active if fast is not None else contextlib.nullcontext
+    add("ctpreg", lambda prompt: ctpreg_step(model, prompt), trainer_mode)
+    add("ctpreg, weights cast per call, model's attention", lambda prompt: ctpreg_step(model, prompt))
     add("ctpreg, full logits", lambda prompt: full_logits_step(model, prompt))
     rows["PEFT PromptTuning"] = Trainer(peft_step(peft_model), embedding, config)
     if args.loss != "ce":
-        add(f"ctpreg, {args.loss}", lambda prompt: ctpreg_step(model, prompt, teacher=loaded.model, loss=args.loss))
+        add(f"ctpreg, {args.loss}", lambda prompt: ctpreg_step(model, prompt, teacher=loaded.model, loss=args.loss),
+            trainer_mode)
     peaks: dict[str, float] = {}
     for step in range(config.steps):
         for name, trainer in rows.items():

@@ -78,6 +78,7 @@ def test_train_throughput(model_dir: Path, tmp_path: Path, cli_env) -> None:
         "--num-tokens", "3",
     )
     assert "| ctpreg |" in out and "| PEFT PromptTuning |" in out
+    assert "| ctpreg, weights cast per call, model's attention |" in out
 
 
 def test_recovery(model_dir: Path, cli_env) -> None:
