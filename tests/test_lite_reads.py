@@ -188,6 +188,11 @@ def test_the_postgres_path_declines_another_schema_and_other_drivers(pg_url: str
     assert not reads.usable
     db.dispose()
     assert conninfo_for("postgresql://h/db") is None and conninfo_for("sqlite:///x.db") is None
+    without_driver = PostgresReads(conninfo_for(pg_url))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "psycopg", None)  # not installed: the full path reports it
+        with without_driver.reader() as reader:
+            assert reader is None and not without_driver.usable
     url = "u:p%40ss@h:5/db?options=-c%20x"
     assert conninfo_for(f"postgresql+psycopg://{url}") == f"postgresql://{url}"
 

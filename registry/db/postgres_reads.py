@@ -119,8 +119,11 @@ class PostgresReads:
             self._checkin(connection)
 
     def _checkout(self) -> Any:
-        import psycopg
-
+        try:
+            import psycopg
+        except ImportError:  # the full path says which extra installs the driver
+            self.usable = False
+            return None
         with self._lock:
             if self._idle:
                 return self._idle.pop()
