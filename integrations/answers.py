@@ -75,14 +75,18 @@ class KeptAnswers:
         return not any(name in (b"if-none-match", b"range") for name, _ in scope["headers"])
 
     def _keep(self, key: tuple[str, bytes], answer: KeptAnswer) -> None:
-        size = len(answer.body) + len(key[0]) + len(key[1])
-        if size > self.limit_bytes // MAX_SHARE:
+        if _size(key, answer) > self.limit_bytes // MAX_SHARE:
             return
         old = self._answers.pop(key, None)
         if old is not None:
-            self._bytes -= len(old.body) + len(key[0]) + len(key[1])
+            self._bytes -= _size(key, old)
         self._answers[key] = answer
-        self._bytes += size
+        self._bytes += _size(key, answer)
         while self._bytes > self.limit_bytes:
-            (path, query), dropped = self._answers.popitem(last=False)
-            self._bytes -= len(dropped.body) + len(path) + len(query)
+            dropped_key, dropped = self._answers.popitem(last=False)
+            self._bytes -= _size(dropped_key, dropped)
+
+
+def _size(key: tuple[str, bytes], answer: KeptAnswer) -> int:
+    """What an answer counts against the budget: its body and its key."""
+    return len(answer.body) + len(key[0]) + len(key[1])

@@ -19,9 +19,8 @@ import logging
 import sqlite3
 from typing import Protocol
 
-from sqlalchemy.engine import make_url
-
 from .lite import sqlite_path
+from .postgres_reads import conninfo_for
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,5 @@ def change_marker(url: str) -> ChangeMarker | None:
     path = sqlite_path(url)
     if path is not None:
         return SqliteMarker(str(path))
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
-        return PostgresMarker(parsed.set(drivername="postgresql").render_as_string(hide_password=False))
-    return None
+    conninfo = conninfo_for(url)
+    return PostgresMarker(conninfo) if conninfo is not None else None

@@ -201,6 +201,9 @@ def insert_next_version(
     raise DatabaseError(f"could not assign a version to {name!r} after {MAX_VERSION_ATTEMPTS} attempts")
 
 
+TARGET_KEYS = ("compression", "method", "bits", "sparsity", "group_size", "recovery")  # a prompt_target row's own
+
+
 def _with_targets_and_latest(inserting: Any, values: dict[str, Any], targets: Sequence[dict[str, Any]]) -> Select:
     """PostgreSQL: the prompt insert, its ``prompt_target`` rows and the ``latest`` alias as one statement that
     answers the new row's (id, version), or nothing when the insert did nothing."""
@@ -228,9 +231,6 @@ def _with_targets_and_latest(inserting: Any, values: dict[str, Any], targets: Se
         set_={"prompt_id": latest.excluded.prompt_id, "updated_at": latest.excluded.updated_at},
     ).cte("latest")
     return select(inserted.c.id, inserted.c.version).add_cte(rows, latest)
-
-
-TARGET_KEYS = ("compression", "method", "bits", "sparsity", "group_size", "recovery")
 
 
 def aliases_of(session: Session, *, prompt_id: int) -> tuple[str, ...]:
@@ -374,14 +374,10 @@ def _record_id(record: PromptRecord) -> int:
 
 
 class Reads(Protocol):
-    """Resolve's read queries; ``SessionReads`` (this module), ``lite.SqliteReader`` and ``postgres_reads`` answer
-    them alike. ``gather`` is what ``Registry.candidates`` ranks (``lite.gather_by_parts`` for the first two)."""
+    """What ``Registry.candidates`` reads; ``SessionReads`` (this module), ``lite.SqliteReader`` and
+    ``postgres_reads.PostgresReader`` answer alike (the first two through ``lite.gather_by_parts``)."""
 
     def base_model(self, name: str) -> BaseModelRecord | None: ...
-    def evidence(self, *, target_model: str, target_compression: str, target_key: str | None,
-                 target_kinds: Sequence[str] | None, eval_key: str | None) -> list[Evidence]: ...
-    def top_prompts(self, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]: ...
-    def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]: ...
     def gather(self, *, target: Target, base: BaseModelRecord, limit: int,
                eval_key: str | None) -> tuple[list[Evidence], list[PromptRecord]]: ...
 

@@ -5,7 +5,7 @@ Importing SQLAlchemy and SQLModel costs more than a cold resolve may take in all
 resolve needs four queries: the target model, its evidence, the head of the ranking and the prompts measured on it.
 ``SqliteReader`` runs them with ``sqlite3`` in one read transaction; ``db.postgres_reads`` runs them with psycopg as
 one statement. The ranking's ORDER BY is ``registry.rank_rules`` rendered as SQL text by ``TextOps`` (the third
-interpreter of the rules, after the matcher and ``db/ranking``) in each backend's ``Dialect``. Anything else (a
+interpreter of the rules, after the matcher and ``db/ranking``), for either backend. Anything else (a
 missing file, another schema revision, any write) goes through the SQLAlchemy path, which upgrades or refuses.
 ``tests/test_lite_reads.py`` checks that every path answers every target identically.
 """
@@ -13,14 +13,13 @@ missing file, another schema revision, any write) goes through the SQLAlchemy pa
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .. import rank_rules
 from ..compression import FULL_PRECISION_BITS
@@ -51,23 +50,6 @@ EVIDENCE_FROM = (
     " WHERE bt.name = :target_model AND t.target_compression = :target_compression"
 )
 _RECORD = f"SELECT {RECORD_COLUMNS}{RECORD_FROM}"
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """What differs between the backends' SQL text: how a boolean column reads false, and the parameter style
-    (the statements are written with ``:name``; psycopg wants ``%(name)s``)."""
-
-    false: str
-    pyformat: bool
-
-    def render(self, sql: str) -> str:
-        return _NAMED.sub(r"%(\1)s", sql) if self.pyformat else sql
-
-
-_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-SQLITE = Dialect(false="0", pyformat=False)  # an integer column: `= 0` keeps the rank index usable
-POSTGRES = Dialect(false="false", pyformat=True)
 
 
 class Sql(str):
@@ -293,7 +275,16 @@ class SqliteReader:
         return gather_by_parts(self, target=target, base=base, limit=limit, eval_key=eval_key)
 
 
-def gather_by_parts(reads: Any, *, target: Target, base: BaseModelRecord, limit: int,
+class PartReads(Protocol):
+    """Resolve's read queries one by one (``SqliteReader`` here, ``crud.SessionReads``), for ``gather_by_parts``."""
+
+    def evidence(self, *, target_model: str, target_compression: str, target_key: str | None,
+                 target_kinds: Sequence[str] | None, eval_key: str | None) -> list[Evidence]: ...
+    def top_prompts(self, *, target: Target, model_id: int, fingerprint: str, limit: int) -> list[PromptRecord]: ...
+    def prompts_by_id(self, ids: set[int]) -> list[PromptRecord]: ...
+
+
+def gather_by_parts(reads: PartReads, *, target: Target, base: BaseModelRecord, limit: int,
                     eval_key: str | None) -> tuple[list[Evidence], list[PromptRecord]]:
     """What ``Registry.candidates`` ranks, from a reader's four queries: the evidence measured on the target, and
     the head of the metadata order (``limit`` plus one per measured prompt) with every measured prompt added."""

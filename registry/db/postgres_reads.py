@@ -2,13 +2,13 @@
 
 Through the ORM a resolve costs two statements (the evidence, then the head of the ranking sized by it) and most of
 its time in Python building and reading them. Here one statement returns everything ``Registry.candidates`` ranks,
-as JSON arrays the driver parses in C: the evidence measured on the target, the head of the target model's own exact
+as JSON the driver parses in C: the evidence measured on the target, the head of the target model's own exact
 matches (``lite.rank_sql``: the ranking rules as SQL text), the head of the whole fingerprint class only when the
-own matches run out (a CASE branch PostgreSQL evaluates only when taken), and the measured prompts. Each head holds
-``limit`` plus one row per measured prompt, the count the statement takes from its own evidence. Connections are
-reused and the statement, the same text for every target of a shape, is prepared server-side on first use. A second
-statement is sent only when a multi-target prompt's repeated rows leave the head short (``rank_rules.distinct_head``
-doubles the rows asked for).
+own matches run out (a branch behind a condition PostgreSQL checks once, before it reads anything of the class),
+and the measured prompts. Each head holds ``limit`` plus one row per measured prompt, the count the statement takes
+from its own evidence. Connections are reused and the statement, the same text for every target of a shape, is
+prepared server-side on first use. A second statement is sent only when a multi-target prompt's repeated rows leave
+a head short (the rows asked for double, as in ``rank_rules.distinct_head``).
 
 A connection whose schema is not the one this code expects is not used: the full path upgrades or refuses.
 ``tests/test_lite_reads.py`` checks that this path answers every target as the SQLAlchemy path does.
@@ -16,6 +16,7 @@ A connection whose schema is not the one this code expects is not used: the full
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +29,7 @@ from ..matcher import Target
 from ..rank_rules import Shape
 from ..records import BaseModelRecord, Evidence, PromptRecord
 from .lite import (
-    EVIDENCE_COLUMNS, EVIDENCE_FROM, POSTGRES, RECORD_COLUMNS, evidence_filters, evidence_from_row, rank_sql,
-    record_from_row,
+    EVIDENCE_COLUMNS, EVIDENCE_FROM, RECORD_COLUMNS, evidence_filters, evidence_from_row, rank_sql, record_from_row,
 )
 from .revision import SCHEMA_REVISION
 
@@ -46,6 +46,7 @@ _EVIDENCE_NAMES = ("prompt_id, target_name, target_compression, ppl_without, ppl
                    " target_key, eval_data, target_source, ppl_full, accepted, measured_at, prompt_name,"
                    " prompt_version, id")
 OWN, CLASS, MEASURED = 1, 2, 3  # the parts of the statement's record rows
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")  # the shared SQL text's ``:name`` parameters; psycopg's are %(name)s
 
 
 @lru_cache(maxsize=512)
@@ -57,14 +58,13 @@ def gather_statement(shape: Shape, evidence_filter: str | None) -> str:
     by ``unnest(ARRAY(...)) WITH ORDINALITY``; the class head's branch is gated by a condition on the own head
     alone, which PostgreSQL checks once before it reads anything of the class."""
     rank = rank_sql(shape, inline=True)
-    no = POSTGRES.false
     evidence = f"SELECT {EVIDENCE_COLUMNS}{EVIDENCE_FROM}" + (" AND false" if evidence_filter is None
                                                                else evidence_filter)
     size = "(SELECT n * :factor FROM needed)"
     own_ids = (f"SELECT t.prompt_id FROM prompt_target AS t WHERE t.base_model_id = :t_model AND {rank.exact}"
-               f" AND t.deprecated = {no} ORDER BY {rank.own_order} LIMIT {size}")
+               f" AND t.deprecated = false ORDER BY {rank.own_order} LIMIT {size}")
     class_ids = ("SELECT t.prompt_id FROM prompt_target AS t WHERE t.base_model_id IN"
-                 f" (SELECT id FROM base_model WHERE fingerprint = :fingerprint) AND t.deprecated = {no}"
+                 f" (SELECT id FROM base_model WHERE fingerprint = :fingerprint) AND t.deprecated = false"
                  f" ORDER BY {rank.class_order} LIMIT {size}")
     sql = (
         f"WITH ev({_EVIDENCE_NAMES}) AS ({evidence}),"
@@ -77,9 +77,9 @@ def gather_statement(shape: Shape, evidence_filter: str | None) -> str:
         " SELECT (SELECT json_agg(ev ORDER BY measured_at, id) FROM ev),"
         f" (SELECT json_agg(json_build_array(k.part, {RECORD_COLUMNS}) ORDER BY k.part, k.pos)"
         f" FROM picked AS k JOIN prompt AS p ON p.id = k.id JOIN base_model AS b ON p.base_model_id = b.id"
-        f" WHERE k.part < {MEASURED} OR p.deprecated = {no})"
+        f" WHERE k.part < {MEASURED} OR p.deprecated = false)"
     )
-    return POSTGRES.render(sql)
+    return _NAMED.sub(r"%(\1)s", sql)
 
 
 def gather_query(*, target: Target, base: BaseModelRecord, limit: int,
