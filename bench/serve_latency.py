@@ -164,14 +164,14 @@ def measure(label: str, url: str, paths: list[str], levels: list[int], headers: 
 
 
 def publish_artifacts(registry: Registry, models: list[dict], rng: random.Random) -> list[str]:
-    """Real artifacts for ``fetch``: 100 x 4096 float16, the size of a 7B model's prompt."""
+    """Real artifacts for ``fetch``: a 7B model's 100-token prompt, 100 x 4096 float32 (1.6 MB)."""
     shas = []
     for i in range(PUBLISHED):
         model = models[i % len(models)]
         meta = PromptMetadata(model=model["name"], model_fingerprint=model["fingerprint"],
                               compression=parse_compression("gptq-w3-g128"), dataset="served",
                               num_virtual_tokens=100, hidden_size=4096)
-        embeddings = np.asarray(np.random.default_rng(i).standard_normal((100, 4096)), dtype=np.float16)
+        embeddings = np.random.default_rng(i).standard_normal((100, 4096), dtype=np.float32)
         shas.append(registry.publish_bytes(serialize_artifact(embeddings, meta)).prompt.sha256)
     rng.shuffle(shas)
     return shas
@@ -202,7 +202,7 @@ def run_backend(backend: str, args: argparse.Namespace, failures: list[str]) -> 
         headers = {"Authorization": f"Bearer {token}"}
         operations = [
             ("resolve", resolve_paths(models, args.requests, rng)),
-            ("fetch (800 KB object)", [f"/v1/objects/{rng.choice(shas)}" for _ in range(args.requests)]),
+            ("fetch (1.6 MB object)", [f"/v1/objects/{rng.choice(shas)}" for _ in range(args.requests)]),
             ("show NAME@latest", ["/v1/prompt?" + urlencode({"ref": f"{rng.choice(names)}@latest"})
                                   for _ in range(args.requests)]),
         ]

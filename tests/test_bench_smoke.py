@@ -44,7 +44,7 @@ def test_serve_latency() -> None:
     for backend in ("sqlite", "postgres"):
         assert (backend, "GET /health (HTTP floor)") in by_label
         assert (backend, "MLflow get_model_version_by_alias (REST)") in by_label
-        for operation in ("resolve", "fetch (800 KB object)", "show NAME@latest"):
+        for operation in ("resolve", "fetch (1.6 MB object)", "show NAME@latest"):
             computed = by_label[(backend, f"ctpreg {operation}, computed")]
             kept = by_label[(backend, f"ctpreg {operation}, kept")]
             assert all(row[-2] == "0" for row in computed), "--keep-mb 0 replays nothing"
