@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .db.lite import SqliteReader, sqlite_path
-from .db.postgres_reads import PostgresReads, conninfo_for
+from .db.postgres_pool import PostgresPool, conninfo_for
+from .db.postgres_reads import PostgresReader
 from .lazy import lazy_module
 from .errors import Conflict, InvalidInput, NoCompatiblePrompt, StoreError
 from .compression import FULL_PRECISION_BITS
@@ -81,7 +82,7 @@ class Registry:
         self._db, self._store, self._settings = db, store, settings
         self.user = user
         self._known_models: dict[str, BaseModelRecord] = {}  # base-model rows never change once written
-        self._postgres: PostgresReads | Literal[False] | None = None  # None: not opened yet; False: not PostgreSQL
+        self._postgres: PostgresPool | Literal[False] | None = None  # None: not opened yet; False: not PostgreSQL
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
@@ -89,6 +90,7 @@ class Registry:
 
     def acting_as(self, user: str) -> Registry:
         """This registry (same DB, store and caches) recording its writes as ``user``: a server's caller."""
+        self._postgres_pool()  # opened before copying, so every acting registry shares one pool of connections
         acting = copy.copy(self)
         acting.user = user
         return acting
@@ -122,21 +124,21 @@ class Registry:
             finally:
                 reader.close()
             return
-        postgres = self._postgres_reads()
+        postgres = self._postgres_pool()
         if postgres is not None:
-            with postgres.reader() as found:
-                if found is not None:
-                    yield found
+            with postgres.connection() as connection:
+                if connection is not None:
+                    yield PostgresReader(connection)
                     return
         with self.db.session() as session:
             yield crud.SessionReads(session)
 
-    def _postgres_reads(self) -> PostgresReads | None:
-        """The psycopg read path for a ``postgresql+psycopg://`` DB (``db.postgres_reads``), opened once."""
+    def _postgres_pool(self) -> PostgresPool | None:
+        """The psycopg connections of a ``postgresql+psycopg://`` DB (``db.postgres_pool``), opened once."""
         if self._postgres is None:
             url = self._db.url if self._db is not None else self._settings.db_url if self._settings else ""
             conninfo = conninfo_for(url)
-            self._postgres = PostgresReads(conninfo) if conninfo is not None else False
+            self._postgres = PostgresPool(conninfo) if conninfo is not None else False
         return self._postgres if self._postgres and self._postgres.usable else None
 
     # --- publish -------------------------------------------------------------------------------------------------
@@ -185,6 +187,9 @@ class Registry:
                  group_size=target.group_size, recovery=gap_recovered(meta.target_metrics(target)))
             for target in meta.trained_on
         ]
+        published = self._publish_on_postgres(data, values=values, targets=targets, model=meta.model, alias=alias)
+        if published is not None:
+            return published
         with self.db.session(write=True) as session:
             gated = crud.publish_gate_held(session)  # from before the upload until the commit
             sha, key = self.store.put_content(data)
@@ -211,11 +216,33 @@ class Registry:
         log.info("published %s (sha256 %s, %s)", record.ref, sha[:12], "new" if created else "existing")
         return PublishResult(prompt=record, created=created)
 
+    def _publish_on_postgres(self, data: bytes, *, values: dict[str, Any], targets: list[dict[str, Any]],
+                             model: str, alias: str | None) -> PublishResult | None:
+        """A publish through psycopg (``db.postgres_writes``) once the base model is registered, or None: the full
+        path then registers the model, or serves a DB that is not PostgreSQL through psycopg."""
+        from .db.postgres_writes import publish_rows
+
+        known = self._known_models.get(model)
+        postgres = self._postgres_pool() if known is not None and known.id is not None else None
+        if postgres is None:
+            return None
+        with postgres.connection() as connection:
+            if connection is None:
+                return None
+            published = publish_rows(connection, values=values, targets=targets, model=known, alias=alias,
+                                     upload=lambda: self.store.put_content(data))
+        if published is None:
+            return None
+        record, created = published
+        log.info("published %s (sha256 %s, %s)", record.ref, record.sha256[:12], "new" if created else "existing")
+        return PublishResult(prompt=record, created=created)
+
     def _check_against_registered_model(self, meta: PromptMetadata) -> None:
         """Fail before uploading anything when the artifact contradicts its registered base model."""
         known = self._known_models.get(meta.model) or self.get_model(meta.model)
         if known is None:
             return
+        self._known_models[meta.model] = known
         if known.fingerprint != meta.model_fingerprint:
             raise Conflict(
                 f"model {meta.model!r} is registered with fingerprint {known.fingerprint[:19]}…, the artifact says "

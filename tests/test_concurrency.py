@@ -85,10 +85,31 @@ def test_concurrent_deprecates_leave_latest_on_the_newest_live_version(db_url: s
     registry.db.dispose()
 
 
+class _CommitAfter:
+    """A psycopg connection whose publish pipeline runs everything before ``COMMIT``, then ``between()``, then
+    commits: the window in which the publish's rows exist but are not committed."""
+
+    def __init__(self, connection, between) -> None:
+        self._connection, self._between = connection, between
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def execute(self, query, params=None, **kwargs):
+        if query == "COMMIT":
+            with self._connection.pipeline() as pipeline:
+                pipeline.sync()  # the lock and the insert have run; the transaction is still open
+            self._between()
+        return self._connection.execute(query, params, **kwargs)
+
+
 @pytest.mark.postgres
-def test_publish_racing_deprecate_leaves_latest_on_the_new_version(pg_url: str, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("path", ["sqlalchemy", "psycopg"])
+def test_publish_racing_deprecate_leaves_latest_on_the_new_version(
+    pg_url: str, tmp_path, monkeypatch, path: str
+) -> None:
     """A deprecate that starts while a publish of v4 is uncommitted must not move latest back to v2 (PostgreSQL:
-    on SQLite the two write transactions cannot overlap at all)."""
+    on SQLite the two write transactions cannot overlap at all), on both publish paths."""
     from ctpreg.registry.db.engine import Database
     from ctpreg.registry.db.migrate import upgrade
 
@@ -98,7 +119,8 @@ def test_publish_racing_deprecate_leaves_latest_on_the_new_version(pg_url: str, 
     migrated.dispose()
     import threading
 
-    from ctpreg.registry.db import crud
+    from ctpreg.registry.db import crud, postgres_writes
+    from ctpreg.registry.service import Registry
     from helpers import artifact_bytes
 
     registry = open_registry(db_url, (tmp_path / "store").as_uri())
@@ -106,28 +128,38 @@ def test_publish_racing_deprecate_leaves_latest_on_the_new_version(pg_url: str, 
         registry.publish_bytes(artifact_bytes(seed), name="race/q")
     v3 = registry.get("race/q:3")
     original_refresh, original_insert = crud.refresh_latest, crud.insert_next_version
+    original_rows = postgres_writes.publish_rows
     threads, entered = [], threading.Event()
 
     def refresh(session, *, name):  # the deprecate's decision on latest
         entered.set()  # it is about to decide while the publish is still open
         return original_refresh(session, name=name)
 
-    def insert_next_version(session, **kwargs):
-        inserted = original_insert(session, **kwargs)
-        # v4 is latest inside the uncommitted publish: start the deprecate now
+    def deprecate_meanwhile() -> None:  # v4 is latest inside the uncommitted publish: start the deprecate now
         deprecator = open_registry(db_url, (tmp_path / "store").as_uri())
         thread = threading.Thread(target=lambda: deprecator.deprecate(v3.ref))
         thread.start()
         threads.append(thread)
         assert entered.wait(30)
         thread.join(1.0)  # give it time to decide (wrongly, without the lock) before the publish commits
+
+    def insert_next_version(session, **kwargs):
+        inserted = original_insert(session, **kwargs)
+        deprecate_meanwhile()
         return inserted
 
+    def publish_rows(connection, **kwargs):
+        return original_rows(_CommitAfter(connection, deprecate_meanwhile), **kwargs)
+
     monkeypatch.setattr(crud, "refresh_latest", refresh)
-    monkeypatch.setattr(crud, "insert_next_version", insert_next_version)
+    if path == "sqlalchemy":
+        monkeypatch.setattr(Registry, "_publish_on_postgres", lambda self, *args, **kwargs: None)
+        monkeypatch.setattr(crud, "insert_next_version", insert_next_version)
+    else:
+        monkeypatch.setattr(postgres_writes, "publish_rows", publish_rows)
     assert registry.publish_bytes(artifact_bytes(4), name="race/q").prompt.version == 4
-    monkeypatch.setattr(crud, "refresh_latest", original_refresh)
-    monkeypatch.setattr(crud, "insert_next_version", original_insert)
+    monkeypatch.undo()
+    assert len(threads) == 1, f"the {path} path published"
     threads[0].join(30)
     assert registry.get("race/q").version == 4 and registry.get("race/q:3").deprecated
     registry.db.dispose()

@@ -16,13 +16,17 @@ from helpers import artifact_bytes
 KILL_BEFORE_COMMIT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from ctpreg.registry.db import crud
+from ctpreg.registry.db import crud, postgres_writes
 from helpers import artifact_bytes, open_registry
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)   # the object is uploaded; the DB transaction never commits
 
+def upload_then_die(connection, *, upload, **kwargs):   # PostgreSQL's psycopg path: inside its transaction
+    return publish_rows(connection, upload=lambda: (upload(), die()), **kwargs)
+
 crud.insert_next_version = die
+publish_rows, postgres_writes.publish_rows = postgres_writes.publish_rows, upload_then_die
 open_registry({db_url!r}, {store_url!r}).publish_bytes(artifact_bytes(seed=99), name="crashy")
 """
 

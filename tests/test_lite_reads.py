@@ -17,7 +17,8 @@ from ctpreg.registry.db.crud import SessionReads
 from ctpreg.registry.db.engine import Database
 from ctpreg.registry.db.lite import SqliteReader, sqlite_path
 from ctpreg.registry.db.migrate import downgrade, upgrade
-from ctpreg.registry.db.postgres_reads import PostgresReads, conninfo_for
+from ctpreg.registry.db.postgres_pool import PostgresPool, conninfo_for
+from ctpreg.registry.db.postgres_reads import PostgresReader
 from ctpreg.registry.identity import SPEC_KINDS
 from ctpreg.registry.matcher import Target
 from ctpreg.registry.records import Measurement
@@ -128,7 +129,7 @@ def test_the_one_statement_postgres_read_equals_the_sqlalchemy_path(pg_url: str,
     rng = random.Random(12)
     populate_for_ranking(registry, rng)
     everything = [p for p in registry.list_prompts() if p.model_fingerprint == FP_A and not p.deprecated]
-    reads = PostgresReads(conninfo_for(pg_url))
+    reads = PostgresPool(conninfo_for(pg_url))
     windows = "0" * 64
     try:
         for fields in RANKING_TARGETS:
@@ -140,8 +141,9 @@ def test_the_one_statement_postgres_read_equals_the_sqlalchemy_path(pg_url: str,
                         measurement = Measurement(50.0, 40.0, "wiki", 100, ppl_full=30.0,
                                                   target_key=identity or "compressed:" + "2" * 64)
                         registry.record_evidence(target, record, measurement, accepted=rng.random() < 0.5)
-                with reads.reader() as reader, db.session() as session:
-                    assert reader is not None
+                with reads.connection() as connection, db.session() as session:
+                    assert connection is not None
+                    reader = PostgresReader(connection)
                     full = SessionReads(session)
                     base = full.base_model("m")
                     assert reader.base_model("m") == base and reader.base_model("nobody") is None
@@ -182,17 +184,17 @@ def test_the_postgres_path_declines_another_schema_and_other_drivers(pg_url: str
     db = Database(pg_url)
     upgrade(db.engine)
     downgrade(db.engine, "0003_evidence_identity")
-    reads = PostgresReads(conninfo_for(pg_url))
-    with reads.reader() as reader:
-        assert reader is None, "another schema revision: the full path upgrades or refuses"
+    reads = PostgresPool(conninfo_for(pg_url))
+    with reads.connection() as connection:
+        assert connection is None, "another schema revision: the full path upgrades or refuses"
     assert not reads.usable
     db.dispose()
     assert conninfo_for("postgresql://h/db") is None and conninfo_for("sqlite:///x.db") is None
-    without_driver = PostgresReads(conninfo_for(pg_url))
+    without_driver = PostgresPool(conninfo_for(pg_url))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "psycopg", None)  # not installed: the full path reports it
-        with without_driver.reader() as reader:
-            assert reader is None and not without_driver.usable
+        with without_driver.connection() as connection:
+            assert connection is None and not without_driver.usable
     url = "u:p%40ss@h:5/db?options=-c%20x"
     assert conninfo_for(f"postgresql+psycopg://{url}") == f"postgresql://{url}"
 

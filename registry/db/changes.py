@@ -20,7 +20,7 @@ import sqlite3
 from typing import Protocol
 
 from .lite import sqlite_path
-from .postgres_reads import conninfo_for
+from .postgres_pool import conninfo_for
 
 log = logging.getLogger(__name__)
 

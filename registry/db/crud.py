@@ -30,6 +30,7 @@ from ..rank_rules import distinct_head
 from ..refs import LATEST, PromptRef
 from . import ranking
 from .lite import gather_by_parts
+from .postgres_writes import PUBLISH_GATE, TARGET_TYPES
 from ..tokens import NewToken, TokenRecord
 from .models import AliasRow, ApiTokenRow, BaseModelRow, PromptRow, PromptTargetRow, TransferResultRow, utcnow
 
@@ -201,7 +202,7 @@ def insert_next_version(
     raise DatabaseError(f"could not assign a version to {name!r} after {MAX_VERSION_ATTEMPTS} attempts")
 
 
-TARGET_KEYS = ("compression", "method", "bits", "sparsity", "group_size", "recovery")  # a prompt_target row's own
+TARGET_KEYS = tuple(TARGET_TYPES)  # a prompt_target row's own columns
 
 
 def _with_targets_and_latest(inserting: Any, values: dict[str, Any], targets: Sequence[dict[str, Any]]) -> Select:
@@ -244,9 +245,6 @@ def lock_name(session: Session, name: str) -> None:
     one is about to commit, so no insert waits on the unique index only to conflict and retry."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
-
-
-PUBLISH_GATE = 0x63747072  # the advisory lock key publishes share and gc takes alone ("ctpr")
 
 
 def publish_gate_held(session: Session, *, exclusive: bool = False) -> bool:

@@ -10,16 +10,13 @@ from its own evidence. Connections are reused and the statement, the same text f
 prepared server-side on first use. A second statement is sent only when a multi-target prompt's repeated rows leave
 a head short (the rows asked for double, as in ``rank_rules.distinct_head``).
 
-A connection whose schema is not the one this code expects is not used: the full path upgrades or refuses.
+Connections come from ``db.postgres_pool``, which declines a schema this code does not expect.
 ``tests/test_lite_reads.py`` checks that this path answers every target as the SQLAlchemy path does.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -31,16 +28,7 @@ from ..records import BaseModelRecord, Evidence, PromptRecord
 from .lite import (
     EVIDENCE_COLUMNS, EVIDENCE_FROM, RECORD_COLUMNS, evidence_filters, evidence_from_row, rank_sql, record_from_row,
 )
-from .revision import SCHEMA_REVISION
-
-DRIVER_PREFIX = "postgresql+psycopg://"
-IDLE_CONNECTIONS = 8  # kept open for reuse; more concurrent readers connect and close
-
-
-def conninfo_for(url: str) -> str | None:
-    """The libpq URI of a ``postgresql+psycopg://`` URL; None for other URLs (they take the SQLAlchemy path)."""
-    return "postgresql://" + url[len(DRIVER_PREFIX):] if url.startswith(DRIVER_PREFIX) else None
-
+from .postgres_pool import first_line
 
 _EVIDENCE_NAMES = ("prompt_id, target_name, target_compression, ppl_without, ppl_with, eval_dataset, eval_tokens,"
                    " target_key, eval_data, target_source, ppl_full, accepted, measured_at, prompt_name,"
@@ -96,72 +84,6 @@ def gather_query(*, target: Target, base: BaseModelRecord, limit: int,
     return gather_statement(target.shape, evidence_filter), params
 
 
-class PostgresReads:
-    """psycopg connections for resolve's reads, reused across calls and threads (idle ones last in, first out)."""
-
-    def __init__(self, conninfo: str) -> None:
-        self.conninfo = conninfo
-        self._idle: list[Any] = []
-        self._lock = threading.Lock()
-        self.usable = True  # False once the schema or the URL turned out not to suit this path
-
-    @contextmanager
-    def reader(self) -> Iterator[PostgresReader | None]:
-        """A reader on a connection of the pool, or None when this path cannot serve (the caller takes the full
-        path, which upgrades, refuses, or reports the error)."""
-        connection = self._checkout()
-        if connection is None:
-            yield None
-            return
-        try:
-            yield PostgresReader(connection)
-        finally:
-            self._checkin(connection)
-
-    def _checkout(self) -> Any:
-        try:
-            import psycopg
-        except ImportError:  # the full path says which extra installs the driver
-            self.usable = False
-            return None
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        if not self.usable:
-            return None
-        try:
-            connection = psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=0)
-        except psycopg.ProgrammingError:  # an option libpq does not know: SQLAlchemy's URL handling is needed
-            self.usable = False
-            return None
-        except psycopg.Error as exc:
-            raise DatabaseError(f"metadata DB: {_first_line(exc)}") from None
-        try:
-            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-        except psycopg.Error:
-            row = None
-        if row is None or row[0] != SCHEMA_REVISION:
-            connection.close()
-            self.usable = False
-            return None
-        return connection
-
-    def _checkin(self, connection: Any) -> None:
-        if connection.closed or connection.broken:
-            return
-        with self._lock:
-            if len(self._idle) < IDLE_CONNECTIONS:
-                self._idle.append(connection)
-                return
-        connection.close()
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
-
-
 class PostgresReader:
     """Resolve's reads on one connection."""
 
@@ -209,7 +131,7 @@ class PostgresReader:
         try:
             return self.connection.execute(sql, params).fetchone()
         except psycopg.Error as exc:
-            raise DatabaseError(f"metadata DB error: {_first_line(exc)}") from None
+            raise DatabaseError(f"metadata DB error: {first_line(exc)}") from None
 
 
 def _distinct(rows: list[list[Any]]) -> list[PromptRecord]:
@@ -219,9 +141,4 @@ def _distinct(rows: list[list[Any]]) -> list[PromptRecord]:
         if row[0] not in seen:
             seen[row[0]] = record_from_row(row)
     return list(seen.values())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
