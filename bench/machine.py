@@ -42,17 +42,68 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+S3_SERVERS = {
+    "werkzeug": "moto's own server (werkzeug): a new connection and thread per request",
+    "keep-alive": "moto's S3 app under gunicorn (gthread): connections kept alive, as S3 keeps them",
+}
+
+
 @contextlib.contextmanager
-def moto_s3() -> Iterator[str]:
-    """An S3 server (moto) on a loopback port with fake credentials; yields its endpoint URL."""
+def moto_s3(server: str = "werkzeug") -> Iterator[str]:
+    """An S3 server (moto) on a loopback port with fake credentials; yields its endpoint URL.
+
+    ``werkzeug`` is moto's ``ThreadedMotoServer`` in this process. Its HTTP server answers every request with
+    ``Connection: close``, so each boto3 call pays a TCP connect and the server a new thread, costs a real S3 client
+    does not pay. ``keep-alive`` serves the same moto S3 application from a gunicorn process that keeps connections
+    open (both speak S3's wire protocol to boto3)."""
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    if server == "keep-alive":
+        with _gunicorn_moto() as endpoint:
+            yield endpoint
+        return
     from moto.server import ThreadedMotoServer
 
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's HTTP server logs every request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    threaded = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    threaded.start()
+    host, port = threaded.get_host_and_port()
     try:
         yield f"http://{host}:{port}"
     finally:
-        server.stop()
+        threaded.stop()
+
+
+@contextlib.contextmanager
+def _gunicorn_moto() -> Iterator[str]:
+    import socket
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    process = subprocess.Popen([
+        gunicorn, "--workers", "1", "--worker-class", "gthread", "--threads", "16", "--keep-alive", "60",
+        "--bind", f"127.0.0.1:{port}", "--log-level", "error",
+        "moto.moto_server.werkzeug_app:create_backend_app('s3')",
+    ])
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2).close()
+                break
+            except urllib.error.HTTPError:  # an S3 error answer: the server is up
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn serving moto did not start (exit {process.poll()})") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

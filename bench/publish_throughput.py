@@ -2,7 +2,10 @@
 
 Each writer publishes distinct prompts to a handful of shared names (so versions contend). Reports prompts/s and
 publish latency p50/p99 per level, then asserts zero errors, versions 1..N per name with no duplicates, and every
-row's object present with the right sha256.
+row's object present with the right sha256. Each level runs against two S3 servers, both moto's S3 over HTTP
+(``machine.moto_s3``): moto's own server, which closes every connection, and the same application kept alive.
+Everything (writers, S3 server, PostgreSQL) shares this machine's cores, so the S3 server's CPU counts against the
+writers'.
 
     python bench/publish_throughput.py --writers 1,4,8 --per-writer 100
 """
@@ -16,12 +19,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, markdown_table, moto_s3  # noqa: E402
+from machine import S3_SERVERS, describe, markdown_table, moto_s3  # noqa: E402
 
 from ctpreg.registry.artifacts import PromptMetadata, serialize_artifact  # noqa: E402
 from ctpreg.registry.compression import parse_compression  # noqa: E402
@@ -36,8 +40,10 @@ NAMES = 4
 
 
 def writer(
-    db_url: str, store_url: str, endpoint: str, worker: int, count: int, start_at: float
-) -> tuple[list[float], int]:
+    db_url: str, store_url: str, endpoint: str, worker: int, count: int, ready: Any, results: Any
+) -> None:
+    """Publish ``count`` prompts once every writer is ready (the barrier), and report the latencies, the error
+    count and when the last publish ended."""
     registry = Registry(Database(db_url), open_store(store_url, s3_endpoint_url=endpoint), user=f"w{worker}")
     meta = PromptMetadata(
         model="llama-7b", model_fingerprint="sha256:" + "cd" * 32, compression=parse_compression("gptq-w3-g128"),
@@ -48,8 +54,7 @@ def writer(
         for i in range(count)
     ]
     registry.get_model("llama-7b")  # connect before the clock starts
-    while time.time() < start_at:
-        time.sleep(0.001)
+    ready.wait()
     latencies, errors = [], 0
     for i, data in enumerate(payloads):
         started = time.perf_counter()
@@ -58,21 +63,30 @@ def writer(
         except Exception:  # the bench counts every failure; none is expected
             errors += 1
         latencies.append(time.perf_counter() - started)
+    results.put((latencies, errors, time.time()))
     registry.db.dispose()
-    return latencies, errors
 
 
 def run_level(
     db_url: str, store_url: str, endpoint: str, writers: int, per_writer: int
 ) -> tuple[float, list[float], int]:
+    """Elapsed from the moment every writer is ready (imports, payloads and connections are not timed) until the
+    last publish ends, with every latency and the error count."""
     context = multiprocessing.get_context("spawn")
-    start_at = time.time() + 3.0
-    with context.Pool(writers) as pool:
-        started = time.time()
-        results = pool.starmap(writer, [(db_url, store_url, endpoint, w, per_writer, start_at) for w in range(writers)])
-        elapsed = time.time() - max(started, start_at)
-    latencies = [lat for lats, _ in results for lat in lats]
-    return elapsed, latencies, sum(e for _, e in results)
+    ready, results = context.Barrier(writers + 1), context.Queue()
+    processes = [
+        context.Process(target=writer, args=(db_url, store_url, endpoint, w, per_writer, ready, results))
+        for w in range(writers)
+    ]
+    for process in processes:
+        process.start()
+    ready.wait(timeout=300)
+    started = time.time()
+    reports = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join()
+    elapsed = max(ended for _, _, ended in reports) - started
+    return elapsed, [lat for lats, _, _ in reports for lat in lats], sum(errors for _, errors, _ in reports)
 
 
 def check(db_url: str, store_url: str, endpoint: str, expected: int) -> list[str]:
@@ -98,10 +112,19 @@ def main() -> int:
     parser.add_argument("--writers", default="1,4,8")
     parser.add_argument("--per-writer", type=int, default=100)
     parser.add_argument("--pg-url", default=os.environ.get("CTPREG_TEST_PG_URL", DEFAULT_PG))
+    parser.add_argument("--s3-servers", default=",".join(S3_SERVERS), help=f"of {', '.join(S3_SERVERS)}")
     args = parser.parse_args()
     print(describe())
-    with moto_s3() as endpoint:
-        rows, problems = measure(args, endpoint)
+    rows: list[list[object]] = []
+    problems: list[str] = []
+    for server in args.s3_servers.split(","):
+        if server not in S3_SERVERS:
+            parser.error(f"unknown S3 server {server!r}: choose from {', '.join(S3_SERVERS)}")
+        print(f"S3 server {server}: {S3_SERVERS[server]}")
+        with moto_s3(server) as endpoint:
+            measured, failed = measure(args, endpoint)
+        rows += [[server, *row] for row in measured]
+        problems += [f"{server}: {p}" for p in failed]
     print()
     return report(rows, problems)
 
@@ -137,7 +160,7 @@ def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]]
 
 
 def report(rows: list[list[object]], problems: list[str]) -> int:
-    print(markdown_table(["writers", "prompts", "prompts/s", "p50 ms", "p99 ms", "errors"], rows))
+    print(markdown_table(["S3 server", "writers", "prompts", "prompts/s", "p50 ms", "p99 ms", "errors"], rows))
     if problems:
         print("\nFAILED checks:\n" + "\n".join(problems[:20]))
         return 1
