@@ -75,6 +75,7 @@ def moto_s3(server: str = "werkzeug") -> Iterator[str]:
 
 @contextlib.contextmanager
 def _gunicorn_moto() -> Iterator[str]:
+    import signal
     import socket
     import sys
     import time
@@ -105,5 +106,9 @@ def _gunicorn_moto() -> Iterator[str]:
                 time.sleep(0.2)
         yield endpoint
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        process.send_signal(signal.SIGINT)  # gunicorn's quick shutdown: kept-alive connections do not hold it up
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -2,12 +2,12 @@
 
 Each writer publishes distinct prompts to a handful of shared names (so versions contend). Reports prompts/s and
 publish latency p50/p99 per level, then asserts zero errors, versions 1..N per name with no duplicates, and every
-row's object present with the right sha256. Each level runs against two S3 servers, both moto's S3 over HTTP
-(``machine.moto_s3``): moto's own server, which closes every connection, and the same application kept alive.
-Everything (writers, S3 server, PostgreSQL) shares this machine's cores, so the S3 server's CPU counts against the
-writers'.
+row's object present with the right sha256. Each level runs ``--repeats`` times (the median and the range), against
+two S3 servers, both moto's S3 over HTTP (``machine.moto_s3``): moto's own server, which closes every connection,
+and the same application kept alive. Everything (writers, S3 server, PostgreSQL) shares this machine's cores, so the
+S3 server's CPU counts against the writers'.
 
-    python bench/publish_throughput.py --writers 1,4,8 --per-writer 100
+    python bench/publish_throughput.py --writers 1,4,8 --per-writer 200 --repeats 3
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -110,7 +111,8 @@ def check(db_url: str, store_url: str, endpoint: str, expected: int) -> list[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", default="1,4,8")
-    parser.add_argument("--per-writer", type=int, default=100)
+    parser.add_argument("--per-writer", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each level; the table gives their median")
     parser.add_argument("--pg-url", default=os.environ.get("CTPREG_TEST_PG_URL", DEFAULT_PG))
     parser.add_argument("--s3-servers", default=",".join(S3_SERVERS), help=f"of {', '.join(S3_SERVERS)}")
     args = parser.parse_args()
@@ -130,37 +132,55 @@ def main() -> int:
 
 
 def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]], list[str]]:
-    import boto3
-
-    admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-    rows: list[list[object]] = []
+    """Every level ``args.repeats`` times, the levels interleaved so that a slow spell of the machine does not fall
+    on one level only; each run on a new database and bucket."""
+    levels = [int(w) for w in args.writers.split(",")]
+    rates: dict[int, list[float]] = {w: [] for w in levels}
+    latencies: dict[int, list[float]] = {w: [] for w in levels}
+    errors = dict.fromkeys(levels, 0)
     problems: list[str] = []
-    for writers in (int(w) for w in args.writers.split(",")):
-        name = f"ctpreg_publish_{uuid.uuid4().hex[:8]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        db_url = args.pg_url.rsplit("/", 1)[0] + f"/{name}"
-        bucket = f"publish-{uuid.uuid4().hex[:8]}"
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-        try:
-            upgrade(Database(db_url).engine)
-            elapsed, latencies, errors = run_level(db_url, f"s3://{bucket}/p", endpoint, writers, args.per_writer)
-            total = writers * args.per_writer
-            problems += [f"{writers} writers: {p}" for p in check(db_url, f"s3://{bucket}/p", endpoint, total)]
-            if errors:
-                problems.append(f"{writers} writers: {errors} publish errors")
-            ordered = sorted(latencies)
-            rows.append([writers, total, f"{total / elapsed:.0f}", f"{ordered[len(ordered) // 2] * 1e3:.1f}",
-                         f"{ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3:.1f}", errors])
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    for _ in range(args.repeats):
+        for writers in levels:
+            rate, times, failed, found = run_once(args, endpoint, writers)
+            rates[writers].append(rate)
+            latencies[writers] += times
+            errors[writers] += failed
+            problems += [f"{writers} writers: {p}" for p in found]
+    rows: list[list[object]] = []
+    for writers in levels:
+        ordered = sorted(latencies[writers])
+        rows.append([writers, writers * args.per_writer, f"{statistics.median(rates[writers]):.0f}",
+                     f"{min(rates[writers]):.0f}-{max(rates[writers]):.0f}", f"{ordered[len(ordered) // 2] * 1e3:.1f}",
+                     f"{ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3:.1f}", errors[writers]])
+        if errors[writers]:
+            problems.append(f"{writers} writers: {errors[writers]} publish errors")
     return rows, problems
 
 
+def run_once(args: argparse.Namespace, endpoint: str, writers: int) -> tuple[float, list[float], int, list[str]]:
+    import boto3
+
+    admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
+    name = f"ctpreg_publish_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    db_url = args.pg_url.rsplit("/", 1)[0] + f"/{name}"
+    bucket = f"publish-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    try:
+        upgrade(Database(db_url).engine)
+        elapsed, latencies, errors = run_level(db_url, f"s3://{bucket}/p", endpoint, writers, args.per_writer)
+        total = writers * args.per_writer
+        return total / elapsed, latencies, errors, check(db_url, f"s3://{bucket}/p", endpoint, total)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def report(rows: list[list[object]], problems: list[str]) -> int:
-    print(markdown_table(["S3 server", "writers", "prompts", "prompts/s", "p50 ms", "p99 ms", "errors"], rows))
+    print(markdown_table(
+        ["S3 server", "writers", "prompts per run", "prompts/s (median)", "range", "p50 ms", "p99 ms", "errors"], rows))
     if problems:
         print("\nFAILED checks:\n" + "\n".join(problems[:20]))
         return 1
