@@ -42,6 +42,31 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds every core of this machine has spent busy since boot (``/proc/stat``; Linux)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds used by the local PostgreSQL server's processes alive now (``/proc``; Linux)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                line = stat.read()
+        except OSError:  # gone meanwhile
+            continue
+        name, rest = line[line.index("(") + 1 : line.rindex(")")], line[line.rindex(")") + 2 :].split()
+        if name.startswith("postgres"):
+            total += int(rest[11]) + int(rest[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 S3_SERVERS = {
     "werkzeug": "moto's own server (werkzeug): a new connection and thread per request",
     "keep-alive": "moto's S3 app under gunicorn (gthread): connections kept alive, as S3 keeps them",

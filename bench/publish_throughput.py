@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import S3_SERVERS, describe, markdown_table, moto_s3  # noqa: E402
+from machine import (  # noqa: E402
+    S3_SERVERS, busy_cpu_seconds, describe, markdown_table, moto_s3, postgres_cpu_seconds,
+)
 
 from ctpreg.registry.artifacts import PromptMetadata, serialize_artifact  # noqa: E402
 from ctpreg.registry.compression import parse_compression  # noqa: E402
@@ -38,13 +41,25 @@ from ctpreg.registry.stores import open_store  # noqa: E402
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 NAMES = 4
+CPU_PARTS = ("all", "writers", "S3 client", "PostgreSQL", "rest")  # "writers": ctpreg without the S3 client
+
+
+@dataclass
+class Run:
+    """One run of a level: its rate and latencies, and the CPU it used per publish (milliseconds)."""
+
+    rate: float
+    latencies: list[float]
+    errors: int
+    cpu: dict[str, float]
 
 
 def writer(
-    db_url: str, store_url: str, endpoint: str, worker: int, count: int, ready: Any, results: Any
+    db_url: str, store_url: str, endpoint: str, worker: int, count: int, ready: Any, finished: Any, results: Any
 ) -> None:
-    """Publish ``count`` prompts once every writer is ready (the barrier), and report the latencies, the error
-    count and when the last publish ended."""
+    """Publish ``count`` prompts once every writer is ready (the barrier); report the latencies, the error count,
+    when the last publish ended, this process's CPU seconds and those spent in the S3 client. Connections stay
+    open until the parent has read PostgreSQL's CPU (``finished``), since their server processes end with them."""
     registry = Registry(Database(db_url), open_store(store_url, s3_endpoint_url=endpoint), user=f"w{worker}")
     meta = PromptMetadata(
         model="llama-7b", model_fingerprint="sha256:" + "cd" * 32, compression=parse_compression("gptq-w3-g128"),
@@ -54,8 +69,19 @@ def writer(
         serialize_artifact(np.random.default_rng(worker * 100_000 + i).standard_normal((20, 512)), meta)
         for i in range(count)
     ]
+    upload, in_upload = registry.store.put_content, [0.0]
+
+    def timed_upload(data: bytes) -> tuple[str, str]:
+        started = time.thread_time()
+        try:
+            return upload(data)
+        finally:
+            in_upload[0] += time.thread_time() - started
+
+    registry.store.put_content = timed_upload  # type: ignore[method-assign]
     registry.get_model("llama-7b")  # connect before the clock starts
     ready.wait()
+    cpu_before = time.process_time()
     latencies, errors = [], 0
     for i, data in enumerate(payloads):
         started = time.perf_counter()
@@ -64,30 +90,38 @@ def writer(
         except Exception:  # the bench counts every failure; none is expected
             errors += 1
         latencies.append(time.perf_counter() - started)
-    results.put((latencies, errors, time.time()))
+    results.put((latencies, errors, time.time(), time.process_time() - cpu_before, in_upload[0]))
+    finished.wait()
     registry.db.dispose()
 
 
-def run_level(
-    db_url: str, store_url: str, endpoint: str, writers: int, per_writer: int
-) -> tuple[float, list[float], int]:
-    """Elapsed from the moment every writer is ready (imports, payloads and connections are not timed) until the
-    last publish ends, with every latency and the error count."""
+def run_level(db_url: str, store_url: str, endpoint: str, writers: int, per_writer: int) -> Run:
+    """Timed from the moment every writer is ready (imports, payloads and connections are not timed) until the
+    last publish ends. The CPU split: the writers' own (the S3 client's part of it measured inside the upload),
+    PostgreSQL's processes, and the rest of the machine's busy time (the S3 server, mostly)."""
     context = multiprocessing.get_context("spawn")
-    ready, results = context.Barrier(writers + 1), context.Queue()
+    ready, finished, results = context.Barrier(writers + 1), context.Barrier(writers + 1), context.Queue()
     processes = [
-        context.Process(target=writer, args=(db_url, store_url, endpoint, w, per_writer, ready, results))
+        context.Process(target=writer,
+                        args=(db_url, store_url, endpoint, w, per_writer, ready, finished, results))
         for w in range(writers)
     ]
     for process in processes:
         process.start()
     ready.wait(timeout=300)
-    started = time.time()
+    started, busy, postgres = time.time(), busy_cpu_seconds(), postgres_cpu_seconds()
     reports = [results.get(timeout=600) for _ in processes]
+    busy, postgres = busy_cpu_seconds() - busy, postgres_cpu_seconds() - postgres
+    finished.wait(timeout=60)
     for process in processes:
         process.join()
-    elapsed = max(ended for _, _, ended in reports) - started
-    return elapsed, [lat for lats, _, _ in reports for lat in lats], sum(errors for _, errors, _ in reports)
+    total = writers * per_writer
+    elapsed = max(report[2] for report in reports) - started
+    own, client = sum(report[3] for report in reports), sum(report[4] for report in reports)
+    cpu = {"all": busy, "writers": own - client, "S3 client": client, "PostgreSQL": postgres,
+           "rest": busy - own - postgres}
+    return Run(rate=total / elapsed, latencies=[lat for report in reports for lat in report[0]],
+               errors=sum(report[1] for report in reports), cpu={k: 1e3 * v / total for k, v in cpu.items()})
 
 
 def check(db_url: str, store_url: str, endpoint: str, expected: int) -> list[str]:
@@ -118,46 +152,49 @@ def main() -> int:
     args = parser.parse_args()
     print(describe())
     rows: list[list[object]] = []
+    cpu_rows: list[list[object]] = []
     problems: list[str] = []
     for server in args.s3_servers.split(","):
         if server not in S3_SERVERS:
             parser.error(f"unknown S3 server {server!r}: choose from {', '.join(S3_SERVERS)}")
         print(f"S3 server {server}: {S3_SERVERS[server]}")
         with moto_s3(server) as endpoint:
-            measured, failed = measure(args, endpoint)
+            measured, cpu, failed = measure(args, endpoint)
         rows += [[server, *row] for row in measured]
+        cpu_rows += [[server, *row] for row in cpu]
         problems += [f"{server}: {p}" for p in failed]
     print()
-    return report(rows, problems)
+    return report(rows, cpu_rows, problems)
 
 
-def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]], list[str]]:
+def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]], list[list[object]], list[str]]:
     """Every level ``args.repeats`` times, the levels interleaved so that a slow spell of the machine does not fall
-    on one level only; each run on a new database and bucket."""
+    on one level only; each run on a new database and an emptied bucket. Answers the throughput rows, the CPU rows
+    (medians over the runs) and the failed checks."""
     levels = [int(w) for w in args.writers.split(",")]
-    rates: dict[int, list[float]] = {w: [] for w in levels}
-    latencies: dict[int, list[float]] = {w: [] for w in levels}
-    errors = dict.fromkeys(levels, 0)
+    runs: dict[int, list[Run]] = {w: [] for w in levels}
     problems: list[str] = []
     for _ in range(args.repeats):
         for writers in levels:
-            rate, times, failed, found = run_once(args, endpoint, writers)
-            rates[writers].append(rate)
-            latencies[writers] += times
-            errors[writers] += failed
+            run, found = run_once(args, endpoint, writers)
+            runs[writers].append(run)
             problems += [f"{writers} writers: {p}" for p in found]
-    rows: list[list[object]] = []
+    rows, cpu_rows = [], []
     for writers in levels:
-        ordered = sorted(latencies[writers])
-        rows.append([writers, writers * args.per_writer, f"{statistics.median(rates[writers]):.0f}",
-                     f"{min(rates[writers]):.0f}-{max(rates[writers]):.0f}", f"{ordered[len(ordered) // 2] * 1e3:.1f}",
-                     f"{ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3:.1f}", errors[writers]])
-        if errors[writers]:
-            problems.append(f"{writers} writers: {errors[writers]} publish errors")
-    return rows, problems
+        rates = [run.rate for run in runs[writers]]
+        ordered = sorted(lat for run in runs[writers] for lat in run.latencies)
+        errors = sum(run.errors for run in runs[writers])
+        rows.append([writers, writers * args.per_writer, f"{statistics.median(rates):.0f}",
+                     f"{min(rates):.0f}-{max(rates):.0f}", f"{ordered[len(ordered) // 2] * 1e3:.1f}",
+                     f"{ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3:.1f}", errors])
+        cpu_rows.append([writers, *(f"{statistics.median(run.cpu[part] for run in runs[writers]):.2f}"
+                                    for part in CPU_PARTS)])
+        if errors:
+            problems.append(f"{writers} writers: {errors} publish errors")
+    return rows, cpu_rows, problems
 
 
-def run_once(args: argparse.Namespace, endpoint: str, writers: int) -> tuple[float, list[float], int, list[str]]:
+def run_once(args: argparse.Namespace, endpoint: str, writers: int) -> tuple[Run, list[str]]:
     import boto3
 
     admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
@@ -165,22 +202,34 @@ def run_once(args: argparse.Namespace, endpoint: str, writers: int) -> tuple[flo
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     db_url = args.pg_url.rsplit("/", 1)[0] + f"/{name}"
+    s3 = boto3.client("s3", endpoint_url=endpoint)
     bucket = f"publish-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    s3.create_bucket(Bucket=bucket)
     try:
         upgrade(Database(db_url).engine)
-        elapsed, latencies, errors = run_level(db_url, f"s3://{bucket}/p", endpoint, writers, args.per_writer)
-        total = writers * args.per_writer
-        return total / elapsed, latencies, errors, check(db_url, f"s3://{bucket}/p", endpoint, total)
+        run = run_level(db_url, f"s3://{bucket}/p", endpoint, writers, args.per_writer)
+        return run, check(db_url, f"s3://{bucket}/p", endpoint, writers * args.per_writer)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+        empty_bucket(s3, bucket)  # the S3 server's memory stays the same from run to run
 
 
-def report(rows: list[list[object]], problems: list[str]) -> int:
+def empty_bucket(s3: Any, bucket: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    s3.delete_bucket(Bucket=bucket)
+
+
+def report(rows: list[list[object]], cpu_rows: list[list[object]], problems: list[str]) -> int:
     print(markdown_table(
         ["S3 server", "writers", "prompts per run", "prompts/s (median)", "range", "p50 ms", "p99 ms", "errors"], rows))
+    print("\nCPU per publish, ms (medians over the runs; 'rest' is the machine's other busy time: the S3 server, "
+          "mostly):\n")
+    print(markdown_table(["S3 server", "writers", *CPU_PARTS], cpu_rows))
     if problems:
         print("\nFAILED checks:\n" + "\n".join(problems[:20]))
         return 1
