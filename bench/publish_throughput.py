@@ -41,6 +41,7 @@ from ctpreg.registry.stores import open_store  # noqa: E402
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 NAMES = 4
+PATHS = ("psycopg", "sqlalchemy")  # db.postgres_writes, or the ORM path it replaced
 CPU_PARTS = ("all", "writers", "S3 client", "PostgreSQL", "rest")  # "writers": ctpreg without the S3 client
 
 
@@ -55,12 +56,15 @@ class Run:
 
 
 def writer(
-    db_url: str, store_url: str, endpoint: str, worker: int, count: int, ready: Any, finished: Any, results: Any
+    db_url: str, store_url: str, endpoint: str, path: str, worker: int, count: int, ready: Any, finished: Any,
+    results: Any,
 ) -> None:
     """Publish ``count`` prompts once every writer is ready (the barrier); report the latencies, the error count,
     when the last publish ended, this process's CPU seconds and those spent in the S3 client. Connections stay
     open until the parent has read PostgreSQL's CPU (``finished``), since their server processes end with them."""
     registry = Registry(Database(db_url), open_store(store_url, s3_endpoint_url=endpoint), user=f"w{worker}")
+    if path == "sqlalchemy":  # every publish through the ORM, as before db.postgres_writes
+        registry._publish_on_postgres = lambda *args, **kwargs: None  # type: ignore[method-assign]
     meta = PromptMetadata(
         model="llama-7b", model_fingerprint="sha256:" + "cd" * 32, compression=parse_compression("gptq-w3-g128"),
         dataset="wiki", num_virtual_tokens=20, hidden_size=512,
@@ -95,7 +99,7 @@ def writer(
     registry.db.dispose()
 
 
-def run_level(db_url: str, store_url: str, endpoint: str, writers: int, per_writer: int) -> Run:
+def run_level(db_url: str, store_url: str, endpoint: str, path: str, writers: int, per_writer: int) -> Run:
     """Timed from the moment every writer is ready (imports, payloads and connections are not timed) until the
     last publish ends. The CPU split: the writers' own (the S3 client's part of it measured inside the upload),
     PostgreSQL's processes, and the rest of the machine's busy time (the S3 server, mostly)."""
@@ -103,7 +107,7 @@ def run_level(db_url: str, store_url: str, endpoint: str, writers: int, per_writ
     ready, finished, results = context.Barrier(writers + 1), context.Barrier(writers + 1), context.Queue()
     processes = [
         context.Process(target=writer,
-                        args=(db_url, store_url, endpoint, w, per_writer, ready, finished, results))
+                        args=(db_url, store_url, endpoint, path, w, per_writer, ready, finished, results))
         for w in range(writers)
     ]
     for process in processes:
@@ -148,26 +152,33 @@ def main() -> int:
     parser.add_argument("--per-writer", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each level; the table gives their median")
     parser.add_argument("--pg-url", default=os.environ.get("CTPREG_TEST_PG_URL", DEFAULT_PG))
+    parser.add_argument("--paths", default="psycopg", help=f"publish paths on PostgreSQL, of {', '.join(PATHS)}")
     parser.add_argument("--s3-servers", default=",".join(S3_SERVERS), help=f"of {', '.join(S3_SERVERS)}")
     args = parser.parse_args()
     print(describe())
     rows: list[list[object]] = []
     cpu_rows: list[list[object]] = []
     problems: list[str] = []
+    paths = args.paths.split(",")
+    if not set(paths) <= set(PATHS):
+        parser.error(f"unknown publish path in {args.paths!r}: choose from {', '.join(PATHS)}")
     for server in args.s3_servers.split(","):
         if server not in S3_SERVERS:
             parser.error(f"unknown S3 server {server!r}: choose from {', '.join(S3_SERVERS)}")
         print(f"S3 server {server}: {S3_SERVERS[server]}")
         with moto_s3(server) as endpoint:
-            measured, cpu, failed = measure(args, endpoint)
-        rows += [[server, *row] for row in measured]
-        cpu_rows += [[server, *row] for row in cpu]
-        problems += [f"{server}: {p}" for p in failed]
+            for path in paths:
+                measured, cpu, failed = measure(args, endpoint, path)
+                rows += [[server, path, *row] for row in measured]
+                cpu_rows += [[server, path, *row] for row in cpu]
+                problems += [f"{server}, {path}: {p}" for p in failed]
     print()
     return report(rows, cpu_rows, problems)
 
 
-def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]], list[list[object]], list[str]]:
+def measure(
+    args: argparse.Namespace, endpoint: str, path: str
+) -> tuple[list[list[object]], list[list[object]], list[str]]:
     """Every level ``args.repeats`` times, the levels interleaved so that a slow spell of the machine does not fall
     on one level only; each run on a new database and an emptied bucket. Answers the throughput rows, the CPU rows
     (medians over the runs) and the failed checks."""
@@ -176,7 +187,7 @@ def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]]
     problems: list[str] = []
     for _ in range(args.repeats):
         for writers in levels:
-            run, found = run_once(args, endpoint, writers)
+            run, found = run_once(args, endpoint, path, writers)
             runs[writers].append(run)
             problems += [f"{writers} writers: {p}" for p in found]
     rows, cpu_rows = [], []
@@ -194,7 +205,7 @@ def measure(args: argparse.Namespace, endpoint: str) -> tuple[list[list[object]]
     return rows, cpu_rows, problems
 
 
-def run_once(args: argparse.Namespace, endpoint: str, writers: int) -> tuple[Run, list[str]]:
+def run_once(args: argparse.Namespace, endpoint: str, path: str, writers: int) -> tuple[Run, list[str]]:
     import boto3
 
     admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
@@ -207,7 +218,7 @@ def run_once(args: argparse.Namespace, endpoint: str, writers: int) -> tuple[Run
     s3.create_bucket(Bucket=bucket)
     try:
         upgrade(Database(db_url).engine)
-        run = run_level(db_url, f"s3://{bucket}/p", endpoint, writers, args.per_writer)
+        run = run_level(db_url, f"s3://{bucket}/p", endpoint, path, writers, args.per_writer)
         return run, check(db_url, f"s3://{bucket}/p", endpoint, writers * args.per_writer)
     finally:
         with admin.connect() as conn:
@@ -226,10 +237,11 @@ def empty_bucket(s3: Any, bucket: str) -> None:
 
 def report(rows: list[list[object]], cpu_rows: list[list[object]], problems: list[str]) -> int:
     print(markdown_table(
-        ["S3 server", "writers", "prompts per run", "prompts/s (median)", "range", "p50 ms", "p99 ms", "errors"], rows))
+        ["S3 server", "publish path", "writers", "prompts per run", "prompts/s (median)", "range", "p50 ms", "p99 ms",
+         "errors"], rows))
     print("\nCPU per publish, ms (medians over the runs; 'rest' is the machine's other busy time: the S3 server, "
           "mostly):\n")
-    print(markdown_table(["S3 server", "writers", *CPU_PARTS], cpu_rows))
+    print(markdown_table(["S3 server", "publish path", "writers", *CPU_PARTS], cpu_rows))
     if problems:
         print("\nFAILED checks:\n" + "\n".join(problems[:20]))
         return 1
