@@ -28,6 +28,21 @@ for _key, _value in {
 PG_ADMIN_URL = os.environ.get("CTPREG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged() -> Iterator[None]:
+    """A test that leaves torch on fewer threads slows every later test; fail the one that does it."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        now = torch.get_num_threads()
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch on {now} thread(s), it found {before}")
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A throwaway PostgreSQL database for this run; its URL."""

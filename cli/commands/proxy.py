@@ -74,8 +74,6 @@ def proxy(
     import torch
     import uvicorn
 
-    # Per request the proxy gathers a few embedding rows; one thread keeps its work off the engine's cores.
-    torch.set_num_threads(1)
     from ctpreg.integrations.proxy import create_app, prepare
 
     served = prepare(
@@ -88,6 +86,9 @@ def proxy(
     info(f"{model_path}: {served.target.spec.canonical}; serving {what} via {upstream}")
     if described["prompt"] and described["prompt"]["explanation"]:
         info(f"why: {described['prompt']['explanation']}")
+    # Per request the proxy gathers a few embedding rows; one thread keeps its work off the engine's cores. Set only
+    # once serving starts, so a refused start leaves the calling process as it was.
+    torch.set_num_threads(1)
     uvicorn.run(create_app(served, upstream, max_body_bytes=max_body_bytes, timeout_s=timeout), host=host, port=port,
                 log_level="info")
 
