@@ -62,6 +62,15 @@ def test_gptq_fake_quant_logits_match_the_packed_model(tmp_path: Path) -> None:
     assert agree >= 0.95
 
 
+def test_gptq_packs_without_compiling_gptqmodel_extension(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native packer costs a 35-60 s compile on a new machine for a checkpoint the torch path writes identically."""
+    monkeypatch.delenv("GPTQMODEL_DISABLE_PACK_EXT", raising=False)
+    monkeypatch.setenv("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    _, result = compressed(tmp_path, "gptq", bits=4, group_size=32)
+    assert not result.from_cache
+    assert not (tmp_path / "extensions").exists(), "GPTQModel compiled its packing extension"
+
+
 @pytest.mark.parametrize(
     ("method", "levels"),
     [("sparsegpt", {"sparsity": 0.5}), ("wanda", {"sparsity": 0.6}), ("magnitude", {"sparsity": 0.75}),
