@@ -59,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     print(describe())
     home = Settings.from_env().home
-    base = load_base(args.model, model_path=args.model_path, device="cpu")
+    base = load_base(args.model, model_path=args.model_path, device="cpu", home=home)
     spec = parse_compression(args.train)
     train_config = TrainConfig(num_tokens=args.num_tokens, steps=args.steps, lr=args.lr, loss=args.loss)
     if args.prompt is None:

@@ -200,9 +200,9 @@ def main() -> int:
     from peft import PromptTuningConfig, get_peft_model
 
     print(describe())
-    loaded = load_base(args.model, model_path=args.model_path, device="cpu")
-    spec = build_spec(args.method, bits=args.bits)
     home = Settings.from_env().home
+    loaded = load_base(args.model, model_path=args.model_path, device="cpu", home=home)
+    spec = build_spec(args.method, bits=args.bits)
     model = compress_loaded(
         loaded, CompressConfig(spec, calibration=args.dataset, calibration_windows=args.calibration_windows), home
     ).model

@@ -50,7 +50,7 @@ def main() -> int:
     variants = [parse_variant(v) for v in args.variants.split(",")]
     print(describe())
     home = Settings.from_env().home
-    base = load_base(args.model, model_path=args.model_path, device="cpu")
+    base = load_base(args.model, model_path=args.model_path, device="cpu", home=home)
     windows = make_windows(base.tokenizer, load_corpus("wiki"), seq_len=256, max_select=args.eval_windows, max_test=1)
     news = split_windows(base.tokenizer, load_corpus("news"), SELECT, seq_len=256, limit=args.eval_windows)
     sets = {"wiki": windows.select, "news": news}

@@ -117,7 +117,7 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
         config.dataset, config.steps, config.num_tokens, config.seq_len, config.eval_windows,
         config.calibration_windows, ", ".join(dict.fromkeys([*config.trained_on, *config.targets])),
     )
-    base = load_base(config.model, model_path=config.model_path, device=config.device)
+    base = load_base(config.model, model_path=config.model_path, device=config.device, home=home)
     artifact_path, reused = _train_or_reuse(config, base, home)
     report.reused_prompt = reused
     meta = read_artifact(artifact_path)[0].metadata

@@ -81,30 +81,43 @@ def model_fingerprint(tokenizer: Any, model: nn.Module) -> str:
     )
 
 
-def load_model(source: ModelSource, *, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load a frozen causal LM in eval mode; large models on a GPU are spread with ``device_map="auto"``."""
+def load_model(
+    source: ModelSource, *, device: str = "auto", dtype: torch.dtype | None = None, converted: Path | None = None
+) -> LoadedModel:
+    """Load a frozen causal LM in eval mode; large models on a GPU are spread with ``device_map="auto"``.
+
+    With ``converted`` (``$CTPREG_HOME/models``) a GGUF file is dequantized once and kept there as a plain
+    checkpoint (``gguf_cache``); ``source`` still names the GGUF file, so cache keys and artifacts are unchanged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import gguf_cache
 
     target = resolve_device(device)
     dtype = dtype or default_dtype(target)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
+    location, gguf_file, folder = source.location, source.gguf_file, None
+    if gguf_file and converted is not None:
+        folder = gguf_cache.converted_folder(source, converted)
+        if gguf_cache.verified(folder):
+            location, gguf_file = str(folder), None
+    kwargs: dict[str, Any] = {"dtype": dtype, **({"gguf_file": gguf_file} if gguf_file else {})}
     if target.type == "cuda":
         kwargs["device_map"] = "auto"
-    log.info("loading %s", source.describe())
+    log.info("loading %s%s", source.describe(), "" if location == source.location else f" from {location}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {})
-        )
-        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:  # no such folder or hub id, not a model, a malformed id
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidInput(f"cannot load {source.describe()}: {reason}") from exc
-    if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
+    if gguf_file and getattr(model, "hf_quantizer", None) is not None:
         # transformers dequantizes GGUF into plain Linear layers but keeps the GGUF quantizer tag, which makes
         # save_pretrained refuse; the weights are ordinary tensors, so drop the tag.
         model.hf_quantizer.remove_quantization_config(model)
+    if gguf_file and folder is not None and dtype == torch.float32:  # only full precision is kept for every dtype
+        try:
+            gguf_cache.save_converted(model, tokenizer, source, folder)
+        except OSError as exc:  # a full disk or read-only home costs the next load its time, nothing else
+            log.warning("could not keep the converted checkpoint in %s: %s", folder, exc)
     if target.type != "cuda":
         model.to(target)
     return wrap_loaded(model, tokenizer, source)

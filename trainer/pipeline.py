@@ -48,8 +48,11 @@ class DataConfig:
             raise InvalidInput("seq_len must be >= 2 and eval_windows >= 1")
 
 
-def load_base(model: str, *, model_path: str | None = None, device: str = "auto") -> LoadedModel:
-    return load_model(locate(model, model_path), device=device)
+def load_base(
+    model: str, *, model_path: str | None = None, device: str = "auto", home: Path | None = None
+) -> LoadedModel:
+    """The base model; with ``home``, a GGUF file is converted once into ``home / "models"`` (gguf_cache)."""
+    return load_model(locate(model, model_path), device=device, converted=home / "models" if home else None)
 
 
 def calibration_windows(loaded: LoadedModel, config: CompressConfig) -> torch.Tensor | None:

@@ -173,7 +173,9 @@ class TargetValidator(_PerplexityValidator):
 
     def _base(self, model_name: str) -> LoadedModel:
         if self.base is None:
-            self.base = load_base(model_name, model_path=self.config.model_path, device=self.config.device)
+            self.base = load_base(
+                model_name, model_path=self.config.model_path, device=self.config.device, home=self.home
+            )
         if self.base.source.slug != model_name:
             raise InvalidInput(f"this validator holds {self.base.source.slug}, not {model_name}")
         return self.base

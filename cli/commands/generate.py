@@ -42,7 +42,7 @@ def generate(
             resolved = state(ctx).client.resolve(
                 model, method=spec.method, bits=spec.bits, sparsity=spec.sparsity, group_size=spec.group_size
             )
-        loaded = pipeline.load_base(model, model_path=model_path, device=device)
+        loaded = pipeline.load_base(model, model_path=model_path, device=device, home=state(ctx).settings.home)
         compressed = pipeline.compress_loaded(loaded, compression.config(), state(ctx).settings.home).model
         runner = resolved.apply(compressed, loaded.tokenizer) if resolved else compressed
         ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"].to(loaded.device)

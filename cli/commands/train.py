@@ -63,7 +63,7 @@ def compress(
             from ctpreg.trainer.checkpoint import check_savable
 
             save = check_savable(config.spec, save)
-        loaded = pipeline.load_base(model, model_path=model_path, device=device)
+        loaded = pipeline.load_base(model, model_path=model_path, device=device, home=state(ctx).settings.home)
         compressed = pipeline.compress_loaded(loaded, config, state(ctx).settings.home)
         saved = pipeline.save_compressed(loaded, compressed, config, save, save_format) if save is not None else None
     report = {
@@ -141,7 +141,7 @@ def train(
         source = pipeline.locate(model, model_path)
         corpus = pipeline.load_corpus(dataset)
         init_from_env()
-        loaded = pipeline.load_model(source, device=device)
+        loaded = pipeline.load_model(source, device=device, converted=state(ctx).settings.home / "models")
         trained = pipeline.train_prompt_artifact(
             loaded, compress_configs, data_config, train_config, corpus=corpus, out=out,
             home=state(ctx).settings.home, resume=resume,
@@ -201,7 +201,7 @@ def evaluate(
     show_logs()
     with stdout_to_stderr():
         pipeline = _trainer()
-        loaded = pipeline.load_base(model, model_path=model_path, device=device)
+        loaded = pipeline.load_base(model, model_path=model_path, device=device, home=state(ctx).settings.home)
         prompt_tensor = pipeline.load_prompt_for(loaded, prompt, state(ctx).client) if prompt else None
         measured_on = pipeline.eval_set(
             loaded.tokenizer, dataset=dataset, text_file=text_file, seq_len=seq_len, max_windows=max_windows
