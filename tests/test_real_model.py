@@ -79,10 +79,10 @@ def test_gptq_4bit_prompt_beats_the_bare_model_on_the_test_split(env: Path, tmp_
 def test_demo_with_a_small_budget(env: Path, capsys) -> None:
     report = run_json(
         capsys, "demo", "--steps", "5", "--eval-windows", "4", "--calibration-windows", "8",
-        "--targets", "gptq-w4-g128,wanda-s50", "--device", "cpu",
+        "--targets", "gptq-w4-g128,sparsegpt-s50", "--device", "cpu",
     )
     rows = {row["target"]: row for row in report["rows"]}
-    assert set(rows) == {"gptq-w3-g128", "gptq-w4-g128", "wanda-s50"}
+    assert set(rows) == {"gptq-w3-g128", "gptq-w4-g128", "sparsegpt-s50"}
     for row in rows.values():
         assert all(math.isfinite(row[k]) for k in ("ppl_full", "ppl_compressed", "ppl_prompted"))
     assert rows["gptq-w3-g128"]["ppl_compressed"] > rows["gptq-w4-g128"]["ppl_compressed"]
@@ -97,14 +97,14 @@ def test_demo_with_a_small_budget(env: Path, capsys) -> None:
         assert point["ppl_prompted"] == pytest.approx(rows[target]["ppl_prompted"])
     multi = "smollm2-135m/gptq-w3-g128/wiki:1"  # trained on all three targets, named after the first
     registered = {p["ref"] for p in run_json(capsys, "list")}
-    for target in ("gptq-w3-g128", "gptq-w4-g128", "wanda-s50"):
+    for target in ("gptq-w3-g128", "gptq-w4-g128", "sparsegpt-s50"):
         # The validator measured the candidates on select and served the best: the 5-step multi-target prompt, or
         # the first test's 12-step 4-bit prompt where that one measured better.
         row = rows[target]
         assert row["note"].startswith("trained here") and row["served"] in registered | {None}, target
         assert row["why"].startswith("measured on this target"), (target, row["why"])
     for target, point in on_test.items():  # the served multi-target prompt's own test figures come from its artifact
-        reused = target in ("gptq-w3-g128", "gptq-w4-g128", "wanda-s50") and rows[target]["served"] == multi
+        reused = target in ("gptq-w3-g128", "gptq-w4-g128", "sparsegpt-s50") and rows[target]["served"] == multi
         assert point["source"] == ("artifact" if reused else "evidence"), (target, point["source"])
     # the first test's 4-bit artifact adds its own 8 test windows; the demo adds its test and select windows
     assert {report["eval_data"]["key"], report["select_data"]["key"]} <= {p["eval_key"] for p in points}
