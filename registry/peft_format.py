@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from .artifacts import TENSOR_NAME, PromptArtifact, PromptMetadata
 from .compression import CompressionSpec
 from . import strict_json
 from .errors import InvalidArtifact, InvalidInput
+from .files import OUTPUT, atomic_write
 from .records import BaseModelRecord
 
 CONFIG_FILE = "adapter_config.json"
@@ -42,10 +43,13 @@ def export_peft(artifact: PromptArtifact, folder: Path, *, base_model_name_or_pa
         "inference_mode": True,
         "revision": None,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({TENSOR_NAME: np.ascontiguousarray(artifact.embeddings, dtype=np.float32)}, str(folder / WEIGHTS_FILE),
-              metadata={"format": "pt", "ctpreg_compression": meta.compression.canonical, "ctpreg_model": meta.model})
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    # Bytes written by atomic_write: safetensors' own save_file makes every file 0600 whatever the umask
+    # (safetensors/safetensors#782), unreadable to the other users a user exports for.
+    tensors = {TENSOR_NAME: np.ascontiguousarray(artifact.embeddings, dtype=np.float32)}
+    weights = save(tensors, metadata={"format": "pt", "ctpreg_compression": meta.compression.canonical,
+                                      "ctpreg_model": meta.model})
+    atomic_write(folder / WEIGHTS_FILE, weights, mode=OUTPUT)
+    atomic_write(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode(), mode=OUTPUT)
     return folder
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: P
         if dense_copy:
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
             (tmp / "README.md").write_text(DENSE_NOTE.format(spec=spec.canonical, dtype=dtype))
+        _modes_like(tmp, tmp / RECORD_FILE)
         if folder.exists():
             folder.rmdir()
         tmp.rename(folder)
@@ -187,6 +189,16 @@ def save_checkpoint(model: Any, tokenizer: Any, spec: CompressionSpec, folder: P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _modes_like(folder: Path, written: Path) -> None:
+    """Give every file in ``folder`` the mode ``written`` got from the umask: safetensors creates its files 0600
+    whatever the umask (safetensors/safetensors#782; transformers and GPTQModel save through it), which would leave
+    a saved model unreadable to the users and serving engines it is saved for."""
+    mode = stat.S_IMODE(written.stat().st_mode)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def _plain_copy(model: Any) -> Any:
