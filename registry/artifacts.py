@@ -28,6 +28,7 @@ from .compression import CompressionSpec, parse_compression
 from .digest import sha256_hex
 from .errors import InvalidArtifact, InvalidInput
 from .files import write_output
+from .limits import MAX_ARTIFACT_BYTES, MAX_HIDDEN_SIZE, MAX_VIRTUAL_TOKENS, SUPPORTED_DTYPE_NAMES
 from .recovery import is_perplexity
 from .refs import check_fingerprint, check_model_name, check_text
 
@@ -37,13 +38,10 @@ REQUIRED_KEYS = (
     "format", "model", "model_fingerprint", "compression", "dataset", "num_virtual_tokens", "hidden_size",
     "training", "metrics",
 )
-SUPPORTED_DTYPES = {"float32": np.float32, "float16": np.float16}
-MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
+SUPPORTED_DTYPES = {name: getattr(np, name) for name in sorted(SUPPORTED_DTYPE_NAMES)}
 # Limits (README, "Prompt artifact"): the DB columns' sizes, and sizes no real prompt comes near.
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
-MAX_VIRTUAL_TOKENS = 65536
-MAX_HIDDEN_SIZE = 65536
 MAX_TARGETS = 16
 PERPLEXITY_KEYS = ("ppl_full", "ppl_compressed", "ppl_prompted")
 

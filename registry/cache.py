@@ -10,18 +10,27 @@ Layout::
 
 Every write goes to a unique temp file in the same folder and is renamed into place (``os.replace``), so readers
 see a whole file or none; correctness never depends on locks. A blob whose hash is wrong is deleted, never returned.
+
+Nothing outside this folder is ever read, written or deleted: a blob's name must be a 64-hex digest (so no path
+can be smuggled in through a registry's answer), and an entry that is not a regular file inside ``blobs/`` (a
+symbolic link, say) counts as corrupt and only the entry itself is removed. Downloads stream into a temp file
+while they are hashed and stop at the size the record declares.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .digest import sha256_hex
-from .errors import StoreError
-from .files import atomic_write
+from .errors import IntegrityError, StoreError
+from .files import SHARED, atomic_write, create_temp
+from .record_checks import check_sha256
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -40,28 +49,59 @@ class PromptCache:
         self.root = root
 
     def blob_path(self, sha256: str) -> Path:
-        return self.root / "blobs" / sha256
+        """Where the blob of ``sha256`` lives; anything but a 64-hex digest is refused before a path is built."""
+        return self.root / "blobs" / check_sha256(sha256, "a cache entry's name")
 
     def get_blob(self, sha256: str) -> bytes | None:
         """The cached bytes if present and intact; a corrupt entry is removed and reported as absent."""
         path = self.blob_path(sha256)
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreError(f"cannot read cache entry {path}: {exc.strerror or exc}") from exc
+            if not path.is_symlink():
+                raise StoreError(f"cannot read cache entry {path}: {exc.strerror or exc}") from None
+            path.unlink(missing_ok=True)  # the link itself, never what it points at
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None  # a FIFO, device or folder under a digest's name: not ours to read or remove
+            data = handle.read()
         if sha256_hex(data) != sha256:
             path.unlink(missing_ok=True)
             return None
         return data
 
-    def put_blob(self, sha256: str, data: bytes) -> Path:
-        if sha256_hex(data) != sha256:
-            raise StoreError(f"refusing to cache bytes that do not hash to {sha256[:12]}…")
+    def put_stream(self, sha256: str, size: int, chunks: Iterable[bytes]) -> bytes:
+        """Write a download into the cache as it arrives, hashing it, and keep it only if it is exactly ``size``
+        bytes hashing to ``sha256``; the bytes are returned. A refused or broken download leaves the cache as it
+        was (its temp file is removed)."""
         path = self.blob_path(sha256)
-        _write(path, data)
-        return path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = create_temp(path, SHARED)
+        except OSError as exc:
+            raise StoreError(f"cannot write cache entry {path}: {exc.strerror or exc}") from None
+        data, digest = bytearray(), hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    if len(data) + len(chunk) > size:
+                        raise IntegrityError(f"the registry sent more than the {size} bytes recorded for {sha256}")
+                    data += chunk
+                    digest.update(chunk)
+                    handle.write(chunk)
+            if len(data) != size or digest.hexdigest() != sha256:
+                raise IntegrityError(f"the bytes the registry sent do not match sha256 {sha256}")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write cache entry {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return bytes(data)
 
     def get_ref(self, kind: str, parts: dict[str, Any]) -> dict[str, Any] | None:
         """The entry remembered for ``parts``, or None when there is none or it is not one this cache wrote for

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import PromptCache
-from .errors import IntegrityError, OfflineMiss
+from .errors import CtpregError, IntegrityError, MalformedAnswer, OfflineMiss
 from .matcher import Target
 from .records import PromptRecord
-from .refs import PromptRef, parse_ref
+from .refs import parse_ref
 from .resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K, Validator, resolve
 from .service import Registry, open_registry
 from .settings import Settings
@@ -47,9 +47,17 @@ class ResolvedPrompt:
 
     @cached_property
     def artifact(self) -> PromptArtifact:
+        """The parsed bytes, which must describe the prompt its record says: a registry cannot pair real bytes
+        with a record of another embedding space or shape."""
         from .artifacts import parse_artifact
 
-        return parse_artifact(self.data, source=self.record.ref)
+        artifact = parse_artifact(self.data, source=self.record.ref)
+        meta, record = artifact.metadata, self.record
+        if (meta.model_fingerprint, meta.num_virtual_tokens, meta.hidden_size) != (
+                record.model_fingerprint, record.num_virtual_tokens, record.hidden_size):
+            raise IntegrityError(f"the artifact of {record.ref} does not describe the prompt its record names "
+                                 "(fingerprint or shape differ)")
+        return artifact
 
     @property
     def metadata(self) -> PromptMetadata:
@@ -144,7 +152,11 @@ class Client:
             return self._resolve_target(None, key, validator, top_k, min_gain)
         name = self.registry.base_model_for(loaded.fingerprint, model_name)
         target = Target.for_spec(name, loaded.spec, identity=loaded.identity)
-        return self._resolve_target(target, key, validator, top_k, min_gain)
+        prompt = self._resolve_target(target, key, validator, top_k, min_gain)
+        if prompt.record.model_fingerprint != loaded.fingerprint:
+            raise IntegrityError(f"the registry served {prompt.record.ref}, a prompt of another embedding space "
+                                 f"than this model's ({loaded.fingerprint[:19]}…)")
+        return prompt
 
     def _resolve_target(
         self, target: Target | None, key: dict[str, Any], validator: Validator | None, top_k: int, min_gain: float
@@ -175,7 +187,7 @@ class Client:
         immutable = parsed.version is not None or (parsed.sha_prefix is not None and len(parsed.sha_prefix) == 64)
         if self.settings.offline or immutable:
             record = _cached_record(self.cache.get_ref("prompts", key))
-            if record is not None and not _answers(record, parsed):
+            if record is not None and not record.answers(parsed):
                 record = None  # an entry that names another prompt is not an answer for this ref
             if record is not None:
                 if self.settings.offline:
@@ -186,6 +198,8 @@ class Client:
             elif self.settings.offline:
                 raise OfflineMiss(f"offline and {ref} was never fetched on this machine")
         record = self.registry.get(ref)
+        if not record.answers(parsed):  # the registry's own check, repeated for any registry handed in
+            raise MalformedAnswer(f"asked for {ref}, the registry answered with {record.ref}")
         prompt = self._download(record)
         self.cache.put_ref("prompts", key, {"prompt": record.to_dict()})
         return prompt
@@ -193,8 +207,7 @@ class Client:
     def _download(self, record: PromptRecord, **extra: Any) -> ResolvedPrompt:
         data = self.cache.get_blob(record.sha256)
         if data is None:
-            data = self.registry.fetch_record(record)
-            self.cache.put_blob(record.sha256, data)
+            data = self.cache.put_stream(record.sha256, record.size_bytes, self.registry.stream_record(record))
         return ResolvedPrompt(record=record, path=self.cache.blob_path(record.sha256), data=data, **extra)
 
     def _cached_prompt(self, record: PromptRecord, **extra: Any) -> ResolvedPrompt | None:
@@ -218,14 +231,5 @@ def _cached_record(remembered: dict[str, Any] | None) -> PromptRecord | None:
         return None
     try:
         return PromptRecord.from_dict(remembered["prompt"])
-    except (KeyError, TypeError, ValueError):
+    except CtpregError:
         return None
-
-
-def _answers(record: PromptRecord, ref: PromptRef) -> bool:
-    """Whether ``record`` is what ``ref`` names (an alias can only be checked by the registry, so by name here)."""
-    if ref.sha_prefix is not None:
-        return record.sha256.startswith(ref.sha_prefix)
-    if ref.version is not None:
-        return record.name == ref.name and record.version == ref.version
-    return record.name == ref.name

@@ -97,6 +97,12 @@ class Forbidden(CtpregError):
     exit_code = 14
 
 
+class MalformedAnswer(CtpregError):
+    """A registry's answer was refused before use: malformed, over its size limit, or not for what was asked."""
+
+    exit_code = 16
+
+
 def error_class(name: str) -> type[CtpregError]:
     """The error class a server named on the wire (``CtpregError`` for a name this version does not know)."""
     found = {cls.__name__: cls for cls in _subclasses(CtpregError)}.get(name)

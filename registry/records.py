@@ -7,8 +7,16 @@ from datetime import datetime
 from typing import Any
 
 from .compression import CompressionSpec, parse_compression
+from .errors import InvalidInput
 from .identity import LEGACY, EvalData, legacy_eval_key
+from .limits import MAX_ARTIFACT_BYTES, MAX_HIDDEN_SIZE, MAX_VIRTUAL_TOKENS, SUPPORTED_DTYPE_NAMES
+from .record_checks import MAX_ID, Fields, check_sha256
 from .recovery import gap_recovered
+from .refs import PromptRef, check_alias, check_fingerprint, check_model_name, check_name, check_text
+from .stores.base import object_key as object_key_for
+
+MAX_VERSION = 999_999_999  # what a reference may name (``refs``: at most 9 digits)
+MAX_ALIASES = 1024
 
 
 @dataclass(frozen=True)
@@ -100,14 +108,46 @@ class PromptRecord:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    def answers(self, ref: PromptRef) -> bool:
+        """Whether this record is what ``ref`` names: an answer for another reference is never taken for it."""
+        if ref.sha_prefix is not None:
+            return self.sha256.startswith(ref.sha_prefix)
+        if ref.version is not None:
+            return self.name == ref.name and self.version == ref.version
+        return self.name == ref.name and ref.alias in self.aliases
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PromptRecord:
-        """Rebuild a record from ``to_dict`` output (the client cache stores records this way)."""
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        fields["created_at"] = datetime.fromisoformat(data["created_at"])
-        fields["aliases"] = tuple(data.get("aliases", ()))
-        fields.setdefault("id", 0)
-        return cls(**fields)
+    def from_dict(cls, data: object, what: str = "prompt") -> PromptRecord:
+        """A record from ``to_dict`` output that came from outside (an HTTP answer, a cache entry), every field
+        checked: ``InvalidInput`` names the first one that is not what a registry writes."""
+        fields = Fields(data, what)
+        sha256 = fields.checked("sha256", check_sha256)
+        object_key = fields.text("object_key", max_chars=128)
+        if object_key != object_key_for(sha256):
+            raise InvalidInput(f"{what}.object_key is not the content address of its sha256")
+        compression = fields.checked("compression", canonical_compression)
+        return cls(
+            id=fields.integer("id", 0, MAX_ID, optional=True) or 0,
+            name=fields.checked("name", check_name),
+            version=fields.integer("version", 1, MAX_VERSION),
+            model=fields.checked("model", check_model_name),
+            model_fingerprint=fields.checked("model_fingerprint", check_fingerprint),
+            compression=compression,
+            dataset=fields.checked("dataset", lambda v: check_text(v, "dataset")),
+            task=fields.checked("task", lambda v: check_text(v, "task"), optional=True),
+            num_virtual_tokens=fields.integer("num_virtual_tokens", 1, MAX_VIRTUAL_TOKENS),
+            hidden_size=fields.integer("hidden_size", 1, MAX_HIDDEN_SIZE),
+            dtype=fields.checked("dtype", _dtype),
+            sha256=sha256,
+            size_bytes=fields.integer("size_bytes", 1, MAX_ARTIFACT_BYTES),
+            object_key=object_key,
+            metrics=fields.mapping("metrics"),
+            training=fields.mapping("training"),
+            created_at=fields.moment("created_at"),
+            created_by=fields.text("created_by"),
+            deprecated=fields.boolean("deprecated"),
+            aliases=tuple(fields.strings("aliases", check_alias, max_items=MAX_ALIASES)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,3 +219,15 @@ class Evidence:
     accepted: bool
     measured_at: datetime
     prompt_ref: str = ""
+
+
+def canonical_compression(text: str) -> str:
+    if parse_compression(text).canonical != text:
+        raise InvalidInput(f"{text!r} is not a canonical compression string")
+    return text
+
+
+def _dtype(text: str) -> str:
+    if text not in SUPPORTED_DTYPE_NAMES:
+        raise InvalidInput(f"dtype must be one of {sorted(SUPPORTED_DTYPE_NAMES)}")
+    return text

@@ -284,6 +284,10 @@ class Registry:
     def fetch_record(self, record: PromptRecord) -> bytes:
         return self.store.get_verified(record.object_key, record.sha256)
 
+    def stream_record(self, record: PromptRecord) -> Iterator[bytes]:
+        """``fetch_record`` in the shape ``RemoteRegistry`` streams (here the store verified the whole object)."""
+        yield self.fetch_record(record)
+
     # --- aliases and lifecycle -----------------------------------------------------------------------------------
 
     def set_alias(self, ref: str, alias: str) -> PromptRecord:

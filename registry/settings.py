@@ -25,6 +25,8 @@ _TOML_KEYS = {
     "url": "CTPREG_URL",
 }
 _TRUE = {"1", "true", "yes", "on"}
+DEFAULT_MAX_ANSWER_BYTES = 8 << 20  # a page of 1,000 prompt records is about 2 MB
+MAX_ANSWER_BYTES_RANGE = (64 << 10, 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,11 @@ class Settings:
     s3_endpoint_url: str | None = None
     offline: bool = False
     user: str = "unknown"
-    url: str | None = None  # a ``ctpreg serve`` registry: reads and writes go through its HTTP API
+    # A ``ctpreg serve`` registry: reads and writes go through its HTTP API. Not in repr: it may hold credentials.
+    url: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)  # its API token (environment only, never in a file)
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES  # the largest JSON answer the HTTP client reads
+    allow_insecure_token: bool = False  # send the token over plain http to a non-loopback host (warned every time)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +67,8 @@ class Settings:
             user=env.get("USER") or env.get("USERNAME") or "unknown",
             url=_check_url(env.get("CTPREG_URL") or None),
             token=env.get("CTPREG_TOKEN") or None,
+            max_answer_bytes=_answer_limit(env.get("CTPREG_MAX_ANSWER_BYTES")),
+            allow_insecure_token=env.get("CTPREG_ALLOW_INSECURE_TOKEN", "").strip().lower() in _TRUE,
         )
 
 
@@ -86,11 +93,37 @@ def _read_toml(path: Path) -> dict[str, object]:
     return section
 
 
+def _answer_limit(text: str | None) -> int:
+    if not text:
+        return DEFAULT_MAX_ANSWER_BYTES
+    low, high = MAX_ANSWER_BYTES_RANGE
+    if not text.strip().isdigit() or not low <= int(text) <= high:
+        raise InvalidInput(f"CTPREG_MAX_ANSWER_BYTES must be a whole number of bytes in {low}..{high}")
+    return int(text)
+
+
 def _check_url(url: str | None) -> str | None:
     """A registry server's base URL: http(s) with a host, kept without a trailing slash."""
     if url is None:
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise InvalidInput(f"CTPREG_URL must be an http:// or https:// URL of a `ctpreg serve` registry, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and not (parts.query or parts.fragment)
+        parts.port  # noqa: B018 - a malformed port raises here rather than at the first request
+    except ValueError:
+        valid = False
+    if not valid:
+        raise InvalidInput("CTPREG_URL must be an http:// or https:// URL of a `ctpreg serve` registry, got "
+                           f"{masked_url(url)!r}")
     return url.rstrip("/")
+
+
+def masked_url(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***``: what messages and logs may show."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"

@@ -44,18 +44,18 @@ def _float(text: str) -> float:
     return value
 
 
-def check_value(value: Any, what: str, depth: int = 0) -> None:
+def check_value(value: Any, what: str, depth: int = 0, *, max_depth: int = MAX_DEPTH) -> None:
     """Depth, integer range and string content (no NUL) of an already-parsed or user-built JSON value."""
-    if depth > MAX_DEPTH:
-        raise InvalidInput(f"{what} is nested deeper than {MAX_DEPTH} levels")
+    if depth > max_depth:
+        raise InvalidInput(f"{what} is nested deeper than {max_depth} levels")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str) or "\x00" in key:
                 raise InvalidInput(f"{what} has a key that is not a string without NUL")
-            check_value(item, what, depth + 1)
+            check_value(item, what, depth + 1, max_depth=max_depth)
     elif isinstance(value, list):
         for item in value:
-            check_value(item, what, depth + 1)
+            check_value(item, what, depth + 1, max_depth=max_depth)
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int):
@@ -71,7 +71,7 @@ def check_value(value: Any, what: str, depth: int = 0) -> None:
         raise InvalidInput(f"{what} holds a {type(value).__name__}, not a JSON value")
 
 
-def loads(text: str | bytes, what: str, *, max_bytes: int) -> Any:
+def loads(text: str | bytes, what: str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """Parse ``text`` (at most ``max_bytes``) refusing NaN/Infinity, huge integers, duplicate keys and deep nesting."""
     if len(text) > max_bytes:
         raise InvalidInput(f"{what} is larger than {max_bytes} bytes")
@@ -82,7 +82,7 @@ def loads(text: str | bytes, what: str, *, max_bytes: int) -> Any:
         raise InvalidInput(f"{what}: {exc}") from None
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{what} is not valid JSON ({type(exc).__name__})") from None
-    check_value(value, what)
+    check_value(value, what, max_depth=max_depth)
     return value
 
 

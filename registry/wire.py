@@ -2,20 +2,25 @@
 
 Each domain object is written with the ``to_dict`` it already has (so ``--json`` output and the API agree) and read
 back into the same frozen dataclass, so a client over HTTP ranks, validates and caches exactly as one with direct
-access: one code path for the semantics, with the wire as a thin layer.
+access: one code path for the semantics, with the wire as a thin layer. Reading is strict (``record_checks``):
+an answer is hostile input until every field the client keeps has been checked.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime
 from typing import Any
 
 from .errors import InvalidInput
 from .identity import EvalData
 from .matcher import Candidate, Target
-from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
-from .tokens import TokenRecord
+from .rank_rules import MEASURED, REJECTED
+from .record_checks import MAX_ID, Fields, check_sha256
+from .records import BaseModelRecord, Evidence, Measurement, PromptRecord, canonical_compression
+from .refs import check_fingerprint, check_model_name, check_text
+from .tokens import TokenRecord, check_public_id, check_scope, check_token_name
+
+MAX_COUNT = 2**31 - 1  # token counts, sizes and window counts: what every integer column holds
 
 _TARGET_FIELDS = tuple(f.name for f in fields(Target))
 
@@ -42,18 +47,26 @@ def measurement_to_wire(m: Measurement) -> dict[str, Any]:
     }
 
 
-def measurement_from_wire(data: dict[str, Any]) -> Measurement:
-    try:
-        eval_data = data.get("eval_data")
-        return Measurement(
-            ppl_without=float(data["ppl_without"]), ppl_with=float(data["ppl_with"]),
-            ppl_full=None if data.get("ppl_full") is None else float(data["ppl_full"]),
-            eval_dataset=str(data["eval_dataset"]), eval_tokens=int(data["eval_tokens"]),
-            target_key=str(data["target_key"]), target_source=data.get("target_source"),
-            eval_data=EvalData.from_dict(eval_data) if eval_data is not None else None,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInput(f"malformed measurement: {exc}") from None
+def measurement_from_wire(data: object, what: str = "measurement") -> Measurement:
+    fields = Fields(data, what)
+    windows = fields.nested("eval_data", optional=True)
+    return Measurement(
+        ppl_without=fields.number("ppl_without", positive=True), ppl_with=fields.number("ppl_with", positive=True),
+        ppl_full=fields.number("ppl_full", positive=True, optional=True),
+        eval_dataset=fields.checked("eval_dataset", lambda v: check_text(v, "eval_dataset")),
+        eval_tokens=fields.integer("eval_tokens", 0, MAX_COUNT), target_key=fields.text("target_key", max_chars=80),
+        target_source=fields.text("target_source", max_chars=1024, optional=True),
+        eval_data=_eval_data(windows) if windows is not None else None,
+    )
+
+
+def _eval_data(fields: Fields) -> EvalData:
+    return EvalData(
+        corpus=fields.text("corpus", max_chars=1024), split=fields.text("split", max_chars=64),
+        seq_len=fields.integer("seq_len", 1, MAX_COUNT), windows=fields.integer("windows", 0, MAX_COUNT),
+        token_digest=fields.text("token_digest", max_chars=128),
+        source_sha256=fields.checked("source_sha256", check_sha256, optional=True),
+    )
 
 
 def candidate_to_wire(c: Candidate) -> dict[str, Any]:
@@ -64,12 +77,14 @@ def candidate_to_wire(c: Candidate) -> dict[str, Any]:
     }
 
 
-def candidate_from_wire(data: dict[str, Any]) -> Candidate:
-    measurement = data.get("measurement")
+def candidate_from_wire(data: object) -> Candidate:
+    fields = Fields(data, "candidate")
+    measurement = fields.nested("measurement", optional=True)
     return Candidate(
-        prompt=PromptRecord.from_dict(data["prompt"]), tier=int(data["tier"]), explanation=str(data["explanation"]),
-        other_model=bool(data.get("other_model")),
-        measurement=measurement_from_wire(measurement) if measurement is not None else None,
+        prompt=PromptRecord.from_dict(fields.data.get("prompt"), "candidate.prompt"),
+        tier=fields.integer("tier", MEASURED, REJECTED), explanation=fields.text("explanation"),
+        other_model=bool(fields.boolean("other_model", optional=True)),
+        measurement=measurement_from_wire(measurement.data, measurement.what) if measurement is not None else None,
     )
 
 
@@ -81,29 +96,34 @@ def evidence_to_wire(e: Evidence) -> dict[str, Any]:
     }
 
 
-def evidence_from_wire(data: dict[str, Any]) -> Evidence:
+def evidence_from_wire(data: object) -> Evidence:
+    fields = Fields(data, "evidence")
     return Evidence(
-        prompt_id=int(data["prompt_id"]), prompt_ref=str(data["prompt_ref"]), target_model=str(data["target_model"]),
-        target_compression=str(data["target_compression"]), measurement=measurement_from_wire(data["measurement"]),
-        accepted=bool(data["accepted"]), measured_at=datetime.fromisoformat(data["measured_at"]),
+        prompt_id=fields.integer("prompt_id", 0, MAX_ID), prompt_ref=fields.text("prompt_ref", max_chars=600),
+        target_model=fields.checked("target_model", lambda v: check_text(v, "target_model")),
+        target_compression=fields.checked("target_compression", canonical_compression),
+        measurement=measurement_from_wire(fields.data.get("measurement"), "evidence.measurement"),
+        accepted=fields.boolean("accepted"), measured_at=fields.moment("measured_at"),
     )
 
 
-def model_from_wire(data: dict[str, Any]) -> BaseModelRecord:
-    created = data.get("created_at")
+def model_from_wire(data: object) -> BaseModelRecord:
+    fields = Fields(data, "model")
     return BaseModelRecord(
-        name=data["name"], fingerprint=data["fingerprint"], hidden_size=int(data["hidden_size"]),
-        vocab_size=data.get("vocab_size"), architecture=data.get("architecture"), source=data.get("source"),
-        created_at=datetime.fromisoformat(created) if created else None,
+        name=fields.checked("name", check_model_name), fingerprint=fields.checked("fingerprint", check_fingerprint),
+        hidden_size=fields.integer("hidden_size", 1, MAX_COUNT),
+        vocab_size=fields.integer("vocab_size", 1, MAX_COUNT, optional=True),
+        architecture=fields.text("architecture", max_chars=128, optional=True),
+        source=fields.text("source", max_chars=1024, optional=True),
+        created_at=fields.moment("created_at", optional=True),
     )
 
 
-def token_from_wire(data: dict[str, Any]) -> TokenRecord:
-    def moment(key: str) -> datetime | None:
-        return datetime.fromisoformat(data[key]) if data.get(key) else None
-
+def token_from_wire(data: object) -> TokenRecord:
+    fields = Fields(data, "token")
     return TokenRecord(
-        public_id=data["id"], name=data["name"], scope=data["scope"], created_at=datetime.fromisoformat(
-            data["created_at"]), created_by=data["created_by"], expires_at=moment("expires_at"),
-        revoked_at=moment("revoked_at"),
+        public_id=fields.checked("id", check_public_id), name=fields.checked("name", check_token_name),
+        scope=fields.checked("scope", check_scope), created_at=fields.moment("created_at"),
+        created_by=fields.text("created_by"), expires_at=fields.moment("expires_at", optional=True),
+        revoked_at=fields.moment("revoked_at", optional=True),
     )

@@ -40,7 +40,7 @@ def write_every_kind(root: Path) -> dict[str, Path]:
     """One file of each kind ctpreg writes, by its real writer, with the folders they create."""
     LocalStore(root / "store").put("prompts/ab/object.safetensors", DATA)
     cache = PromptCache(root / "cache")
-    cache.put_blob(sha256_hex(DATA), DATA)
+    cache.put_stream(sha256_hex(DATA), len(DATA), [DATA])
     cache.put_ref("targets", {"model": "m"}, {"sha256": sha256_hex(DATA)})
     write_output(root / "fetched.safetensors", DATA)
     export_peft(parse_artifact(DATA), root / "peft", base_model_name_or_path="m")
