@@ -106,7 +106,7 @@ class RemoteRegistry:
             response = self._pool.request(method, url, body=body, headers=headers, redirect=False,
                                           preload_content=False, decode_content=False)
         except urllib3.exceptions.HTTPError as exc:
-            raise StoreError(f"cannot reach the registry at {self.url}: {type(exc).__name__}") from None
+            raise StoreError(f"cannot reach the registry at {self.url}: {_reason(exc)}") from None
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             response.close()
@@ -374,6 +374,12 @@ def _param(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _reason(exc: urllib3.exceptions.HTTPError) -> str:
+    """Why a connection failed, in words ("Connection refused"), without urllib3's pool and URL details."""
+    reason = getattr(exc, "reason", None) or exc
+    return str(reason).rpartition("): ")[2].strip()[:200] or type(reason).__name__
 
 
 def _without_credentials(url: str) -> str:
