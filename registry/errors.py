@@ -97,6 +97,12 @@ class Forbidden(CtpregError):
     exit_code = 14
 
 
+class AddressInUse(CtpregError):
+    """A server could not bind its address: another process listens on that port."""
+
+    exit_code = 15
+
+
 class MalformedAnswer(CtpregError):
     """A registry's answer was refused before use: malformed, over its size limit, or not for what was asked."""
 
