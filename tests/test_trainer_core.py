@@ -8,7 +8,7 @@ import torch
 
 from ctpreg.registry import prompted
 from ctpreg.registry.errors import InvalidInput
-from ctpreg.trainer.data import load_corpus, make_windows, split_windows
+from ctpreg.trainer.data import all_windows, load_corpus, make_windows, split_windows
 from ctpreg.trainer.evaluate import perplexity
 from ctpreg.trainer.prompt import init_from_vocabulary, mean_nll, prompt_loss, token_nll
 from ctpreg.trainer.train import TrainConfig, get_batch, get_lr, train_prompt
@@ -131,6 +131,15 @@ def test_resume_refuses_a_checkpoint_from_another_config(tmp_path: Path) -> None
     other = TrainConfig(num_tokens=4, steps=2, eval_every=1, lr=0.02, autocast_bf16=False)
     with pytest.raises(InvalidInput, match="another config"):
         train_prompt(tiny.model, windows, other, checkpoint=tmp_path / "x.ckpt", resume=True)
+
+
+def test_a_text_file_capped_at_n_windows_is_spread_through_the_whole_file(tmp_path: Path) -> None:
+    tiny = tiny_llama()
+    corpus = load_corpus(str(text_file(tmp_path, documents=30)))
+    every = all_windows(tiny.tokenizer, corpus, seq_len=32)
+    capped = all_windows(tiny.tokenizer, corpus, seq_len=32, limit=3)
+    assert every.shape[0] > 10 and capped.shape[0] == 3
+    assert torch.equal(capped[0], every[0]) and torch.equal(capped[-1], every[-1])  # from the file's end too
 
 
 def test_windows_split_by_document_and_fail_on_short_text(tmp_path: Path) -> None:

@@ -187,9 +187,11 @@ def evaluate(
     prompt: Annotated[str | None, typer.Option(help="A prompt artifact path or a registry REF.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Evaluate on this corpus' test split.")] = None,
     text_file: Annotated[Path | None, typer.Option(
-        "--text-file", help="Evaluate on every window of this file.",
+        "--text-file", help="Evaluate on windows of this whole file (unsplit; see --max-windows).",
     )] = None,
-    max_windows: Annotated[int, typer.Option("--max-windows", min=1, help="At most this many windows.")] = 40,
+    max_windows: Annotated[int, typer.Option(
+        "--max-windows", min=1, help="At most this many windows, evenly spaced through the test split or the file.",
+    )] = 40,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 256,
     tasks: Annotated[Path | None, typer.Option(help="JSONL multiple-choice tasks: question, choices, answer.")] = None,
     model_path: ModelPathOption = None,
