@@ -12,6 +12,8 @@ engine unpickles it, so a client never sends it through ctpreg. Token ids (``pro
 ``allowed_token_ids``, the keys of ``logit_bias``) must lie in the served embedding table; the number of
 sequences and ``n``/``best_of`` are bounded by ``BodyLimits``.
 
+A ``null`` stands for the field's default, as in OpenAI's API; the proxy passes on only the fields with values.
+
 Every refusal is a ``BodyError`` naming the top-level field at fault (``param``), which the proxy answers with
 OpenAI's error body.
 """

@@ -124,7 +124,7 @@ def checked(raw: bytes, served: ServedPrompt, limits: BodyLimits) -> Forward:
     """The request to send for the client's body ``raw``, or a ``BodyError``: the same checks in both modes."""
     request = validate(parse(raw), limits)
     if served.builder.prompt is None:
-        return Forward(request.model_dump(exclude_unset=True))
+        return Forward(request.model_dump(exclude_none=True))
     return with_prompt(request, served)
 
 
@@ -154,7 +154,7 @@ def with_prompt(request: CompletionRequest, served: ServedPrompt) -> Forward:
                             f"virtual + {len(tokens)} tokens + {new_tokens} max_tokens), over this proxy's {limit} "
                             "per sequence", "prompt")
         ids.append(tokens)
-    forwarded = request.model_dump(exclude_unset=True, exclude={"prompt"})
+    forwarded = request.model_dump(exclude_none=True, exclude={"prompt"})
     forwarded["prompt_embeds"] = served.builder.completion_body(ids, model=request.model or "")["prompt_embeds"]
     return Forward(forwarded, Counts(client_tokens=sum(map(len, ids)), virtual_tokens=virtual * len(ids)))
 
