@@ -44,7 +44,8 @@ def proxy(
               "the checkpoint's stored dtype, right only when vLLM runs that one."),
     )] = "auto",
     no_prompt: Annotated[bool, typer.Option(
-        "--no-prompt", help="Pass requests through unchanged (A/B against the same server).",
+        "--no-prompt", help=("Put no prompt in front: bodies are checked the same way, then passed on as they are "
+                             "(A/B against the same server)."),
     )] = False,
     max_body_bytes: Annotated[int, typer.Option(
         "--max-body-bytes", min=1024, max=1 << 30,
