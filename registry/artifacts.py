@@ -12,7 +12,6 @@ fails with one clear line.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,11 @@ from .compression import CompressionSpec, parse_compression
 from .digest import sha256_hex
 from .errors import InvalidArtifact, InvalidInput
 from .files import write_output
+from .lineage import Lineage
 from .limits import MAX_ARTIFACT_BYTES, MAX_HIDDEN_SIZE, MAX_VIRTUAL_TOKENS, SUPPORTED_DTYPE_NAMES
 from .recovery import is_perplexity
 from .refs import check_fingerprint, check_model_name, check_text
+from .safetensors_header import canonical, header_metadata, read_header
 
 FORMAT = "ctpreg-prompt/1"
 TENSOR_NAME = "prompt_embeddings"
@@ -40,7 +41,6 @@ REQUIRED_KEYS = (
 )
 SUPPORTED_DTYPES = {name: getattr(np, name) for name in sorted(SUPPORTED_DTYPE_NAMES)}
 # Limits (README, "Prompt artifact"): the DB columns' sizes, and sizes no real prompt comes near.
-MAX_HEADER_BYTES = 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
 MAX_TARGETS = 16
 PERPLEXITY_KEYS = ("ppl_full", "ppl_compressed", "ppl_prompted")
@@ -80,6 +80,11 @@ class PromptMetadata:
         _check_perplexities(self.metrics, "metrics")
         if self.targets or "targets" in self.metrics:
             self._check_targets()
+        self.lineage  # noqa: B018 - a malformed parent, state or curve is refused where metadata is built or read
+
+    @property
+    def lineage(self) -> Lineage:
+        return Lineage.from_training(self.training)
 
     def _check_targets(self) -> None:
         names = [spec.canonical for spec in self.targets]
@@ -196,19 +201,7 @@ def serialize_artifact(embeddings: np.ndarray, metadata: PromptMetadata, *, dtyp
         raise InvalidInput(f"unsupported dtype {dtype!r}; use one of {sorted(SUPPORTED_DTYPES)}")
     array = np.ascontiguousarray(np.asarray(embeddings, dtype=SUPPORTED_DTYPES[dtype]))
     _check_embeddings(array, metadata)
-    return _canonical_header(save_safetensors({TENSOR_NAME: array}, metadata=metadata.to_strings()))
-
-
-def _canonical_header(data: bytes) -> bytes:
-    """Rewrite the header as sorted compact JSON so equal prompts give equal bytes (and equal content addresses).
-
-    safetensors writes metadata in hash-map order, which differs between calls; the data section is untouched.
-    """
-    (header_len,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + header_len])
-    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    return struct.pack("<Q", len(encoded)) + encoded + data[8 + header_len :]
+    return canonical(save_safetensors({TENSOR_NAME: array}, metadata=metadata.to_strings()))
 
 
 def write_artifact(
@@ -241,8 +234,8 @@ def read_artifact(path: str | Path) -> tuple[PromptArtifact, bytes]:
 def _parse(data: bytes) -> PromptArtifact:
     if not data:
         raise InvalidArtifact("empty file")
-    header = _header(data)
-    strings = _header_metadata(header)
+    header = read_header(data)
+    strings = header_metadata(header)
     _check_header_dtypes(header)
     try:
         tensors = load_safetensors(data)
@@ -264,32 +257,6 @@ def _check_header_dtypes(header: dict[str, Any]) -> None:
     for name, info in header.items():
         if name != "__metadata__" and isinstance(info, dict) and info.get("dtype") not in _NUMPY_DTYPES:
             raise InvalidArtifact(f"tensor {name!r} has dtype {info.get('dtype')}; store prompts as float32 or float16")
-
-
-def _header(data: bytes) -> dict[str, Any]:
-    """The safetensors header (8-byte little-endian length, then JSON), parsed strictly and once."""
-    if len(data) < 8:
-        raise InvalidArtifact("truncated: shorter than a safetensors header")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise InvalidArtifact("not a safetensors file (header length exceeds the file; pickle or truncated?)")
-    if header_len > MAX_HEADER_BYTES:
-        raise InvalidArtifact(f"safetensors header larger than {MAX_HEADER_BYTES} bytes; not a prompt artifact")
-    try:
-        header = strict_json.loads(data[8 : 8 + header_len], "safetensors header", max_bytes=MAX_HEADER_BYTES)
-    except InvalidInput as exc:
-        raise InvalidArtifact(f"not a safetensors file ({exc})") from None
-    if not isinstance(header, dict):
-        raise InvalidArtifact("not a safetensors file (header is not a JSON object)")
-    return header
-
-
-def _header_metadata(header: dict[str, Any]) -> dict[str, str]:
-    """The header's ``__metadata__``: strings to strings."""
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise InvalidArtifact("safetensors __metadata__ must map strings to strings")
-    return metadata
 
 
 def _check_embeddings(array: np.ndarray, metadata: PromptMetadata) -> None:

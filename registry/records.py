@@ -9,6 +9,7 @@ from typing import Any
 from .compression import CompressionSpec, parse_compression
 from .errors import InvalidInput
 from .identity import LEGACY, EvalData, legacy_eval_key
+from .lineage import Lineage
 from .limits import MAX_ARTIFACT_BYTES, MAX_HIDDEN_SIZE, MAX_VIRTUAL_TOKENS, SUPPORTED_DTYPE_NAMES
 from .record_checks import MAX_ID, Fields, check_sha256
 from .recovery import gap_recovered
@@ -108,6 +109,11 @@ class PromptRecord:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def lineage(self) -> Lineage:
+        """Parent, cumulative steps, optimizer state and curve, as its artifact's ``training`` records them."""
+        return Lineage.from_training(self.training)
+
     def answers(self, ref: PromptRef) -> bool:
         """Whether this record is what ``ref`` names: an answer for another reference is never taken for it."""
         if ref.sha_prefix is not None:
@@ -142,7 +148,7 @@ class PromptRecord:
             size_bytes=fields.integer("size_bytes", 1, MAX_ARTIFACT_BYTES),
             object_key=object_key,
             metrics=fields.mapping("metrics"),
-            training=fields.mapping("training"),
+            training=_with_lineage(fields.mapping("training"), what),
             created_at=fields.moment("created_at"),
             created_by=fields.text("created_by"),
             deprecated=fields.boolean("deprecated"),
@@ -169,6 +175,9 @@ class PromptRecord:
             "metrics": self.metrics,
             "recovery": self.recovery,
             "training": self.training,
+            "parent": ({"ref": self.lineage.parent_ref, "sha256": self.lineage.parent_sha256}
+                       if self.lineage.parent_ref else None),
+            "steps_total": self.lineage.steps_total,
             "created_at": self.created_at.isoformat(),
             "created_by": self.created_by,
             "deprecated": self.deprecated,
@@ -225,6 +234,15 @@ def canonical_compression(text: str) -> str:
     if parse_compression(text).canonical != text:
         raise InvalidInput(f"{text!r} is not a canonical compression string")
     return text
+
+
+def _with_lineage(training: dict[str, Any], what: str) -> dict[str, Any]:
+    """``training`` once its lineage fields are checked: a state digest from outside names no path until then."""
+    try:
+        Lineage.from_training(training)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{what}.{exc}") from None
+    return training
 
 
 def _dtype(text: str) -> str:

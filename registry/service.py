@@ -21,9 +21,11 @@ from .db.lite import SqliteReader, sqlite_path
 from .db.postgres_pool import PostgresPool, conninfo_for
 from .db.postgres_reads import PostgresReader
 from .lazy import lazy_module
-from .errors import Conflict, InvalidInput, NoCompatiblePrompt, StoreError
+from .digest import sha256_hex
+from .errors import Conflict, InvalidArtifact, InvalidInput, NoCompatiblePrompt, StoreError
 from .compression import FULL_PRECISION_BITS
 from .identity import LEGACY
+from .lineage import STATE_PREFIX, state_key
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .recovery import gap_recovered, is_perplexity
@@ -169,6 +171,10 @@ class Registry:
             artifact = parse_artifact(data)
         meta = artifact.metadata
         name = check_name(name or default_prompt_name(meta))
+        state = meta.lineage.state_sha256
+        if state is not None and not self.store.exists(state_key(state)):
+            raise InvalidArtifact(f"the artifact names optimizer state {state[:12]}…, which this registry does not "
+                                  "hold: publish the state first (`ctpreg publish` does, from the file beside it)")
         if alias is not None and check_alias(alias) == LATEST:
             raise InvalidInput("'latest' moves by itself on publish; choose another alias")
         self._check_against_registered_model(meta)
@@ -284,6 +290,21 @@ class Registry:
     def fetch_record(self, record: PromptRecord) -> bytes:
         return self.store.get_verified(record.object_key, record.sha256)
 
+    def publish_state(self, data: bytes) -> str:
+        """Store an optimizer state object (checked first) by its sha256; a no-op when it is already held."""
+        from .optimizer_state import parse_state
+
+        parse_state(data)
+        sha = sha256_hex(data)
+        key = state_key(sha)
+        if not self.store.exists(key):
+            self.store.put(key, data)
+        return sha
+
+    def fetch_state(self, sha256: str) -> bytes:
+        """The optimizer state object ``sha256`` names, verified against it."""
+        return self.store.get_verified(state_key(sha256), sha256)
+
     def stream_record(self, record: PromptRecord) -> Iterator[bytes]:
         """``fetch_record`` in the shape ``RemoteRegistry`` streams (here the store verified the whole object)."""
         yield self.fetch_record(record)
@@ -316,8 +337,8 @@ class Registry:
             raise InvalidInput(f"grace must be between 0 and {MAX_GC_GRACE_SECONDS} seconds")
         cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
         with self.db.session() as session:
-            referenced = crud.referenced_shas(session)
-        stored = list(self.store.list())
+            referenced = crud.referenced_shas(session) | crud.referenced_state_shas(session)
+        stored = [*self.store.list(), *self.store.list(prefix=STATE_PREFIX)]
         if not referenced and stored and not allow_empty_db:
             raise Conflict(
                 f"the metadata DB references no prompt but {self.store.url} holds {len(stored)} object(s): a lost or "
@@ -332,8 +353,9 @@ class Registry:
                 fresh = next(iter(self.store.list(prefix=item.key)), None)
                 if fresh is None or fresh.modified > cutoff:  # gone, or touched by a publish that reuses it
                     continue
-                if crud.is_referenced(session, sha256=sha_of_key(item.key) or ""):  # claimed meanwhile
-                    continue
+                sha = sha_of_key(item.key) or ""
+                if crud.is_referenced(session, sha256=sha) or sha in crud.referenced_state_shas(session):
+                    continue  # claimed meanwhile
                 if not dry_run:
                     self.store.delete(item.key)
             removed.append(item)

@@ -428,6 +428,17 @@ def referenced_shas(session: Session) -> set[str]:
     return set(session.execute(select(PromptRow.sha256).distinct()).scalars())
 
 
+def referenced_state_shas(session: Session) -> set[str]:
+    """The optimizer state objects prompts name (``training.state.sha256``, checked when they were published)."""
+    shas = set()
+    naming = select(PromptRow.training).where(cast(PromptRow.training, String).contains('"state"'))
+    for training in session.execute(naming).scalars():
+        state = training.get("state") if isinstance(training, dict) else None
+        if isinstance(state, dict) and isinstance(state.get("sha256"), str):
+            shas.add(state["sha256"])
+    return shas
+
+
 def is_referenced(session: Session, *, sha256: str) -> bool:
     return session.execute(select(PromptRow.id).where(PromptRow.sha256 == sha256).limit(1)).first() is not None
 
