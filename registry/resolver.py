@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from .errors import InvalidInput, NoHelpfulPrompt
 from .identity import EvalData
 from .matcher import MEASURED, REJECTED, Candidate, Target
-from .records import Measurement
+from .records import Measurement, PromptRecord
 from .service import Registry
 
 if TYPE_CHECKING:
@@ -111,7 +111,30 @@ def resolve(
 def _first_servable(target: Target, ranked: list[Candidate]) -> Candidate:
     for candidate in ranked:
         if candidate.tier != REJECTED:
-            return candidate
+            return _with_newer_versions(candidate, ranked)
     best = ranked[0].measurement if ranked else None
     detail = f" (best: {best.ppl_without:.2f} -> {best.ppl_with:.2f})" if best else ""
     raise NoHelpfulPrompt(f"no compatible prompt improves {target.describe()} enough when measured on it{detail}")
+
+
+def _with_newer_versions(served: Candidate, ranked: list[Candidate]) -> Candidate:
+    """Say why newer versions of the served prompt's name are not served: versions are immutable history, and one
+    that measured worse (a continued or warm-started run that did not pay off) is kept but ranked below."""
+    newer = [c for c in ranked if c.prompt.name == served.prompt.name and c.prompt.version > served.prompt.version]
+    if not newer:
+        return served
+    windows = _windows_key(served.prompt)
+    notes = []
+    for candidate in newer[:3]:
+        recovery = candidate.prompt.recovery
+        shown = f"{recovery:.0%}" if recovery is not None else "no recorded recovery"
+        same = windows is not None and _windows_key(candidate.prompt) == windows
+        notes.append(f"{candidate.prompt.ref} recovered {shown} "
+                     f"{'on the same windows' if same else 'on other windows (not compared)'}")
+    return replace(served, explanation=f"{served.explanation}; served over newer {', '.join(notes)}: kept, not served")
+
+
+def _windows_key(prompt: PromptRecord) -> str | None:
+    """The identity of the test windows a prompt's recorded figures were measured on, if recorded."""
+    data = prompt.metrics.get("eval_data")
+    return data.get("key") if isinstance(data, dict) else None

@@ -117,3 +117,26 @@ def test_downsampling_keeps_the_last_step_and_the_mean() -> None:
     points = downsample(losses, limit=100)
     assert len(points) == 100 and points[-1][0] == 1000
     assert points[0] == (10, 5.5)
+
+
+def test_a_newer_version_that_measures_worse_is_kept_but_not_served(registry: Registry) -> None:
+    from ctpreg.registry.matcher import Target
+    from ctpreg.registry.resolver import resolve
+    from helpers import artifact_bytes, windows_of
+
+    windows = windows_of("wiki-test").to_dict()
+
+    def version(prompted: float, seed: int) -> str:
+        metrics = {"ppl_full": 20.0, "ppl_compressed": 40.0, "ppl_prompted": prompted, "eval_data": windows}
+        return registry.publish_bytes(artifact_bytes(seed=seed, metrics=metrics), name="m/w3/wiki").prompt.ref
+
+    target = Target(model="tiny-llama", method="gptq", bits=3)
+    first = version(30.0, 1)  # 50% of the gap
+    worse = version(35.0, 2)  # 25%: a continued run that did not pay off
+    served = resolve(registry, target).served
+    assert served.prompt.ref == first
+    assert f"served over newer {worse} recovered 25% on the same windows: kept, not served" in served.explanation
+    assert {c.prompt.ref for c in resolve(registry, target).candidates} >= {first, worse}  # history stays
+    better = version(25.0, 3)  # 75%
+    served = resolve(registry, target).served
+    assert served.prompt.ref == better and "served over newer" not in served.explanation
