@@ -16,8 +16,10 @@ Every field is optional: prompts trained from scratch before lineage existed hav
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput
@@ -29,6 +31,31 @@ MAX_STEPS = 10**9
 MAX_LOSS_POINTS = 200
 MAX_SELECT_POINTS = 2000
 MAX_STATE_BYTES = 1 << 30
+
+
+def state_beside(artifact: Path) -> Path:
+    """Where ``ctpreg train -o P.safetensors`` writes the run's optimizer state: ``P.state.safetensors``."""
+    return artifact.with_name(f"{artifact.name.removesuffix('.safetensors')}.state.safetensors")
+
+
+def read_state_beside(artifact: Path, lineage: Lineage) -> bytes | None:
+    """The optimizer state an artifact names, from the file beside it, when that file is there; it must be the
+    object named (its sha256), else ``InvalidInput``. None when the artifact names none or the file is absent (the
+    registry may hold it already)."""
+    if lineage.state_sha256 is None:
+        return None
+    path = state_beside(artifact)
+    try:
+        if path.stat().st_size > MAX_STATE_BYTES:
+            raise InvalidInput(f"{path}: larger than {MAX_STATE_BYTES} bytes; not an optimizer state")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if hashlib.sha256(data).hexdigest() != lineage.state_sha256:
+        raise InvalidInput(f"{path} is not the optimizer state {artifact.name} names (sha256 differs)")
+    return data
 
 
 def state_key(sha256: str) -> str:

@@ -36,7 +36,8 @@ from . import strict_json
 from .digest import sha256_hex
 from .errors import CtpregError, IntegrityError, InvalidInput, MalformedAnswer, NotFound, StoreError, error_class
 from .matcher import Candidate, Target
-from .record_checks import Fields
+from .lineage import MAX_STATE_BYTES, read_state_beside
+from .record_checks import Fields, check_sha256
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .refs import parse_ref
 from .service import DEFAULT_CANDIDATES, DEFAULT_GC_GRACE_SECONDS, PublishResult, Registry
@@ -226,10 +227,29 @@ class RemoteRegistry:
             raise IntegrityError(f"the bytes the registry sent for {record.ref} do not match sha256 {record.sha256}")
         return data
 
+    def publish_state(self, data: bytes) -> str:
+        sha = sha256_hex(data)
+        answered = self._read("/states", lambda answer: Fields(answer, "answer").checked("sha256", check_sha256),
+                              "POST", body=data, content_type="application/octet-stream")
+        if answered != sha:
+            raise self._refuse("/states", f"with sha256 {answered}, not that of the state just sent")
+        return sha
+
+    def fetch_state(self, sha256: str) -> bytes:
+        path = f"/states/{check_sha256(sha256)}"
+        response = self._request("GET", path)
+        data = b"".join(self._chunks(response, MAX_STATE_BYTES, "an optimizer state", IntegrityError))
+        if sha256_hex(data) != sha256:
+            raise IntegrityError(f"the bytes the registry sent for optimizer state {sha256[:12]}… do not match it")
+        return data
+
     def publish(self, path: str | Path, *, name: str | None = None, alias: str | None = None) -> PublishResult:
         from .artifacts import read_artifact  # checked here first: a bad file is refused before it is uploaded
 
         artifact, data = read_artifact(path)
+        state = read_state_beside(Path(path), artifact.metadata.lineage)
+        if state is not None:  # the object the prompt names goes first
+            self.publish_state(state)
         return self.publish_bytes(data, artifact=artifact, name=name, alias=alias)
 
     def publish_bytes(self, data: bytes, *, artifact: PromptArtifact | None = None, name: str | None = None,

@@ -25,7 +25,7 @@ from .digest import sha256_hex
 from .errors import Conflict, InvalidArtifact, InvalidInput, NoCompatiblePrompt, StoreError
 from .compression import FULL_PRECISION_BITS
 from .identity import LEGACY
-from .lineage import STATE_PREFIX, state_key
+from .lineage import STATE_PREFIX, read_state_beside, state_key
 from .matcher import Candidate, Target, rank
 from .records import BaseModelRecord, Evidence, Measurement, PromptRecord
 from .recovery import gap_recovered, is_perplexity
@@ -149,6 +149,9 @@ class Registry:
         from .artifacts import read_artifact  # numpy and safetensors load only when an artifact is read
 
         artifact, data = read_artifact(path)
+        state = read_state_beside(Path(path), artifact.metadata.lineage)
+        if state is not None:  # the object the prompt names goes first
+            self.publish_state(state)
         return self.publish_bytes(data, artifact=artifact, name=name, alias=alias)
 
     def _restore_after_commit(self, key: str, data: bytes, record: PromptRecord) -> None:

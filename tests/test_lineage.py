@@ -140,3 +140,20 @@ def test_a_newer_version_that_measures_worse_is_kept_but_not_served(registry: Re
     better = version(25.0, 3)  # 75%
     served = resolve(registry, target).served
     assert served.prompt.ref == better and "served over newer" not in served.explanation
+
+
+def test_publishing_a_file_publishes_the_state_beside_it_first(registry: Registry, tmp_path: Path) -> None:
+    from ctpreg.registry.digest import sha256_hex
+    from ctpreg.registry.lineage import state_beside
+
+    state = _state(4)
+    artifact = tmp_path / "p.safetensors"
+    artifact.write_bytes(_artifact(_lineage(sha256_hex(state))))
+    state_beside(artifact).write_bytes(_state(5))  # another state than the one named
+    with pytest.raises(InvalidInput, match="is not the optimizer state"):
+        registry.publish(artifact)
+    assert registry.list_prompts() == []
+    state_beside(artifact).write_bytes(state)
+    published = registry.publish(artifact).prompt
+    assert state_beside(artifact).name == "p.state.safetensors"
+    assert registry.fetch_state(published.lineage.state_sha256) == state

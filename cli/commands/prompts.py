@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ctpreg.registry.errors import NotFound
 from ctpreg.registry.files import check_output, write_output
 from ctpreg.registry.records import PromptRecord
 
 from ..options import BitsOption, DatasetOption, JsonFlag, MethodOption, ModelOption, RefArgument
 from ..output import emit_json, info, percent, table
 from ..state import state
+
+MAX_LINEAGE_SHOWN = 20  # parents followed by `show`
+SHOWN_CHECKS = 12  # select checks `show` prints (evenly spaced, the last always)
 
 alias_app = typer.Typer(help="Point NAME@ALIAS (e.g. prod) at a version.", no_args_is_help=True)
 
@@ -67,13 +71,41 @@ def show(ctx: typer.Context, ref: RefArgument, as_json: JsonFlag = False) -> Non
         emit_json(record.to_dict())
         return
     _print_record(record)
+    _print_lineage(state(ctx).registry, record)
 
 
 def _print_record(record: PromptRecord) -> None:
     rows = [(key, value) for key, value in record.to_dict().items() if key not in {"metrics", "training"}]
     rows += [(f"metrics.{k}", v) for k, v in sorted(record.metrics.items())]
-    rows += [(f"training.{k}", v) for k, v in sorted(record.training.items())]
+    rows += [(f"training.{k}", v) for k, v in sorted(record.training.items()) if k != "curve"]
     table(record.ref, ["field", "value"], rows)
+
+
+def _print_lineage(registry: Any, record: PromptRecord) -> None:
+    """The chain of parents (each with its cumulative steps and recovery) and the select-split curve."""
+    chain, current = [record], record
+    while (parent := current.lineage.parent_ref) is not None and len(chain) < MAX_LINEAGE_SHOWN:
+        try:
+            current = registry.get(parent)
+        except NotFound:
+            break
+        chain.append(current)
+    if len(chain) > 1:
+        info("lineage: " + " <- ".join(
+            f"{r.ref} ({r.lineage.steps_total or '?'} steps, "
+            f"{f'{r.recovery:.0%}' if r.recovery is not None else '?'} of the gap)" for r in chain))
+    curve = record.lineage.select_curve
+    if curve:
+        shown = list(curve[:: -(-len(curve) // SHOWN_CHECKS)])
+        if shown[-1] != curve[-1]:
+            shown.append(curve[-1])
+        table(f"select perplexity by cumulative step ({len(curve)} checks; loss "
+              f"{_loss_span(record.lineage.loss_curve)})", ["step", "select ppl"],
+              [(step, f"{ppl:.2f}") for step, ppl in shown])
+
+
+def _loss_span(points: tuple[tuple[int, float], ...]) -> str:
+    return f"{points[0][1]:.3f} at step {points[0][0]} -> {points[-1][1]:.3f} at {points[-1][0]}" if points else "n/a"
 
 
 def fetch(
