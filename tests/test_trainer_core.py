@@ -69,8 +69,8 @@ def test_init_from_vocabulary_copies_embeddings(tiny) -> None:
     assert all(any(torch.equal(row, t) for t in table) for row in prompt)
 
 
-def test_schedule_warms_up_then_decays() -> None:
-    config = TrainConfig(steps=100, warmup_steps=10, lr=0.01, min_lr_ratio=0.1)
+def test_cosine_schedule_warms_up_then_decays() -> None:
+    config = TrainConfig(steps=100, warmup_steps=10, lr=0.01, min_lr_ratio=0.1, lr_schedule="cosine")
     assert get_lr(0, config) == pytest.approx(0.001)
     assert get_lr(9, config) == pytest.approx(0.01)
     assert get_lr(99, config) < get_lr(50, config) < get_lr(10, config)
@@ -91,6 +91,33 @@ def test_training_lowers_select_perplexity(tmp_path: Path) -> None:
     result = train_prompt(tiny.model, windows, config)
     assert result.best_select_ppl < 0.95 * result.initial_select_ppl
     assert [h["step"] for h in result.history] == [0, 20, 40]
+
+
+def test_the_progress_bar_shows_the_final_check_in_its_last_line(tmp_path: Path, monkeypatch) -> None:
+    """The last postfix names the best select perplexity including the check after the last step."""
+    import ctpreg.trainer.train as train_module
+
+    postfixes: list[dict[str, str]] = []
+
+    class Bar:
+        def __init__(self, iterable, **kwargs) -> None:
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def set_postfix(self, **values: str) -> None:
+            postfixes.append(values)
+
+    monkeypatch.setattr(train_module, "progress", Bar)
+    tiny = tiny_llama(seed=2)
+    windows = make_windows(tiny.tokenizer, load_corpus(str(text_file(tmp_path))), seq_len=32, max_select=4)
+    config = TrainConfig(num_tokens=4, steps=4, lr=0.05, warmup_steps=1, eval_every=100, autocast_bf16=False)
+    result = train_prompt(tiny.model, windows, config)
+    assert [h["step"] for h in result.history] == [0, 4] and result.best_step == 4
+    assert len(postfixes) == 4
+    assert postfixes[-1]["best"] == f"{result.best_select_ppl:.2f}"
+    assert postfixes[-1]["select_ppl"] == f"{result.history[-1]['select_ppl']:.2f}"
 
 
 def test_resume_continues_to_the_same_prompt(tmp_path: Path) -> None:
