@@ -7,11 +7,12 @@ from typing import Annotated
 import typer
 
 from ctpreg.registry.report import gap_cells
+from ctpreg.trainer.threads import torch_threads
 
 from ..options import JsonFlag
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
 from ..state import state
-from .trainer_options import CalibrationWindowsOption, DeviceOption, ModelPathOption
+from .trainer_options import CalibrationWindowsOption, DeviceOption, ModelPathOption, ThreadsOption
 
 
 def demo(
@@ -36,6 +37,7 @@ def demo(
     )] = 16,
     calibration_windows: CalibrationWindowsOption = 32,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the main job end to end on the embedded defaults (SQLite + local objects + packaged SmolLM2-135M).
@@ -57,7 +59,7 @@ def demo(
         num_tokens=num_tokens, seq_len=seq_len, eval_windows=eval_windows, calibration_windows=calibration_windows,
         device=device,
     )
-    with stdout_to_stderr():
+    with stdout_to_stderr(), torch_threads(threads):
         report = run_demo(config, state(ctx).registry, state(ctx).settings.home)
     if as_json:
         emit_json({"rows": [r.to_dict() for r in report.rows], "total_seconds": report.total_seconds,

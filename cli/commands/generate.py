@@ -6,10 +6,14 @@ from typing import Annotated
 
 import typer
 
+from ctpreg.trainer.threads import torch_threads
+
 from ..options import JsonFlag
 from ..output import emit_json, info, show_logs, stdout_to_stderr
 from ..state import state
-from .trainer_options import CompressionRequest, DeviceOption, ModelArg, ModelPathOption, compression_options
+from .trainer_options import (
+    CompressionRequest, DeviceOption, ModelArg, ModelPathOption, ThreadsOption, compression_options,
+)
 
 
 @compression_options(calibrated=True)
@@ -24,6 +28,7 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate (greedy).")] = 40,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Greedy continuation of TEXT by the compressed model, with the prompt the registry resolves for it."""
@@ -32,7 +37,7 @@ def generate(
     require()
     show_logs()
     spec = compression.spec
-    with stdout_to_stderr():
+    with stdout_to_stderr(), torch_threads(threads):
         import torch
 
         from ctpreg.trainer import pipeline

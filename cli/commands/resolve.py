@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -11,11 +12,14 @@ from ctpreg.registry.errors import InvalidInput
 from ctpreg.registry.matcher import Target
 from ctpreg.registry.resolver import DEFAULT_MIN_GAIN, DEFAULT_TOP_K
 from ctpreg.registry.resolver import resolve as resolve_target
+from ctpreg.trainer.threads import torch_threads
 
 from ..options import BitsOption, DatasetOption, GroupSizeOption, JsonFlag, MethodOption, SparsityOption
 from ..output import emit_json, info, percent, show_logs, stdout_to_stderr, table
 from ..state import state
-from .trainer_options import CalibrationOption, CalibrationWindowsOption, DeviceOption, ModelPathOption
+from .trainer_options import (
+    CalibrationOption, CalibrationWindowsOption, DeviceOption, ModelPathOption, ThreadsOption,
+)
 
 
 def resolve(
@@ -54,6 +58,7 @@ def resolve(
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per validation window.")] = 256,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Find the best prompt for a compressed model. Exit 3 if no prompt shares its embedding space, 4 if
@@ -71,26 +76,33 @@ def resolve(
         max_windows=max_windows, calibration=calibration, calibration_windows=calibration_windows,
         model_path=model_path, device=device,
     )
-    validator = None
-    if target_path is not None:
-        if model_path is not None:
-            raise InvalidInput("--model-path names a base model to compress; with --target-path nothing is compressed")
-        target, validator = _checkpoint_target(
-            ctx, target_path, model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size,
-            dataset=dataset, task=task, validate=validate, options=options,
-        )
-    else:
-        if model is None:
-            raise InvalidInput("give --model, or --target-path to read the model from a checkpoint")
-        target = Target(
-            model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size, dataset=dataset, task=task
-        )
-        if validate:
-            validator = _validator(ctx, options)
-    with stdout_to_stderr():
-        resolution = resolve_target(
-            state(ctx).registry, target, validator=validator, top_k=top_k, min_gain=min_gain, revalidate=revalidate
-        )
+    if target_path is not None and model_path is not None:
+        raise InvalidInput("--model-path names a base model to compress; with --target-path nothing is compressed")
+    if target_path is None and model is None:
+        raise InvalidInput("give --model, or --target-path to read the model from a checkpoint")
+    # Only loading a checkpoint or validating runs torch; ranking alone never imports it.
+    runs_torch = target_path is not None or validate
+    if runs_torch:
+        _require_trainer()
+    with torch_threads(threads) if runs_torch else contextlib.nullcontext():
+        validator = None
+        if target_path is not None:
+            target, validator = _checkpoint_target(
+                ctx, target_path, model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size,
+                dataset=dataset, task=task, validate=validate, options=options,
+            )
+        else:
+            target = Target(
+                model=model, method=method, bits=bits, sparsity=sparsity, group_size=group_size, dataset=dataset,
+                task=task,
+            )
+            if validate:
+                validator = _validator(ctx, options)
+        with stdout_to_stderr():
+            resolution = resolve_target(
+                state(ctx).registry, target, validator=validator, top_k=top_k, min_gain=min_gain,
+                revalidate=revalidate,
+            )
     if as_json:
         emit_json([c.to_dict() for c in resolution.candidates])
         return

@@ -11,11 +11,14 @@ from ctpreg.registry.errors import InvalidInput
 from ctpreg.registry.files import check_output
 from ctpreg.registry.identity import EvalData
 from ctpreg.registry.refs import check_name
+from ctpreg.trainer.threads import torch_threads
 
 from ..options import JsonFlag
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
 from ..state import state
-from .trainer_options import CompressionRequest, DeviceOption, ModelArg, ModelPathOption, compression_options
+from .trainer_options import (
+    CompressionRequest, DeviceOption, ModelArg, ModelPathOption, ThreadsOption, compression_options,
+)
 
 
 def _trainer():  # type: ignore[no-untyped-def]
@@ -34,6 +37,7 @@ def compress(
     compression: CompressionRequest,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     save: Annotated[Path | None, typer.Option(
         "--save",
         help=("Also write the compressed model to this new folder as a standard checkpoint (GPTQ: GPTQModel's packed "
@@ -57,7 +61,7 @@ def compress(
         raise InvalidInput("--format chooses --save's layout; add --save DIR")
     config = compression.config()
     show_logs()
-    with stdout_to_stderr():
+    with stdout_to_stderr(), torch_threads(threads):
         pipeline = _trainer()
         if save is not None:  # refuse what cannot be saved before compressing
             from ctpreg.trainer.checkpoint import check_savable
@@ -110,6 +114,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Prompt init and batch order.")] = 0,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt if present.")] = False,
     publish: Annotated[bool, typer.Option("--publish", help="Publish the artifact to the registry.")] = False,
     name: Annotated[str | None, typer.Option(help="Prompt name when publishing.")] = None,
@@ -128,7 +133,7 @@ def train(
     if publish and name is not None:
         check_name(name)
     show_logs()
-    with stdout_to_stderr():
+    with stdout_to_stderr(), torch_threads(threads):
         pipeline = _trainer()
         from ctpreg.trainer.distributed import init_from_env, is_main
         from ctpreg.trainer.train import TrainConfig
@@ -196,12 +201,13 @@ def evaluate(
     tasks: Annotated[Path | None, typer.Option(help="JSONL multiple-choice tasks: question, choices, answer.")] = None,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Perplexity of the full, compressed and prompted model on the same windows (scored tokens only)."""
     compress_config = compression.config()
     show_logs()
-    with stdout_to_stderr():
+    with stdout_to_stderr(), torch_threads(threads):
         pipeline = _trainer()
         loaded = pipeline.load_base(model, model_path=model_path, device=device, home=state(ctx).settings.home)
         prompt_tensor = pipeline.load_prompt_for(loaded, prompt, state(ctx).client) if prompt else None

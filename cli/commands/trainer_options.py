@@ -1,4 +1,5 @@
-"""Options shared by the commands that compress or name a compression (compress, train, eval, generate, import).
+"""Options shared by the commands that compress or name a compression (compress, train, eval, generate, import)
+and by those that run torch (``--threads``).
 
 The compression options are defined once, in ``compression_options``: it adds them to a command's signature (typer
 reads signatures) and hands the command one parsed value instead of seven parameters.
@@ -29,6 +30,12 @@ ModelPathOption = Annotated[
     str | None, typer.Option("--model-path", help="Override the catalog: a local folder, a .gguf file or a hub id.")
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    "--threads", min=1, max=1024,
+    help=("Threads torch computes with (default: the CPUs this process may use). When several torch jobs share a "
+          "machine, give each --threads so that their sum is at most its cores, e.g. two jobs on 2 cores: "
+          "--threads 1 each."),
+)]
 MethodArg = Annotated[
     str, typer.Option(help="Compression method: none, gptq, bnb-nf4, bnb-fp4, bnb-int8, sparsegpt, wanda or magnitude.")
 ]
