@@ -115,6 +115,31 @@ def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | No
     return (now or datetime.now(UTC)) + delta
 
 
+def check_expiry(moment: datetime, now: datetime | None = None) -> datetime:
+    """An expiry as an instant in UTC: with a time zone, later than ``now`` and at most ``MAX_TOKEN_DAYS`` after it
+    (the cap ``parse_expiry`` puts on a duration). A moment near the ends of the calendar (year 1 or 9999) shifted
+    by its offset lies outside what ``datetime`` holds: out of range too, never an ``OverflowError``."""
+    if moment.tzinfo is None:
+        raise InvalidInput("a token's expiry needs a time zone, e.g. 2027-01-01T00:00:00+00:00")
+    now = now or datetime.now(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        moment = None
+    if moment is None or not now < moment <= now + timedelta(days=MAX_TOKEN_DAYS):
+        raise InvalidInput(f"a token's expiry must lie in the next {MAX_TOKEN_DAYS} days")
+    return moment
+
+
+def parse_expiry_time(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 expiry with a time zone (``check_expiry``), in UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"expiry {text[:64]!r} is not an ISO 8601 time") from None
+    return check_expiry(moment, now)
+
+
 def authorize(record: TokenRecord | None, secret_ok: bool, needed: str, now: datetime | None = None) -> TokenRecord:
     """The token if it may do what needs ``needed``: ``Unauthorized`` (401) when it is no valid token at all,
     ``Forbidden`` (403) when it is valid but its scope is too narrow."""

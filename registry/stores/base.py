@@ -34,7 +34,7 @@ class ObjectInfo:
 
 
 class ObjectStore(abc.ABC):
-    """Where prompt bytes live. Subclasses implement the five primitives; the rest is shared."""
+    """Where prompt bytes live. Subclasses implement the byte primitives and ``check``; the rest is shared."""
 
     url: str
 
@@ -53,7 +53,17 @@ class ObjectStore(abc.ABC):
     def delete(self, key: str) -> None: ...
 
     @abc.abstractmethod
-    def list(self, prefix: str = PROMPT_PREFIX) -> Iterator[ObjectInfo]: ...
+    def list(self, prefix: str = PROMPT_PREFIX) -> Iterator[ObjectInfo]:
+        """The objects under ``prefix``; one removed or replaced while listing is left out, never an error."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """``StoreError`` unless the store is there and answers (its folder or bucket exists): a missing one is a
+        misconfiguration or an unmounted volume, not an empty store."""
+
+    def locations(self) -> tuple[str, ...]:
+        """What names where this store is (URL, folder, bucket, endpoint): for the server to keep out of answers."""
+        return (self.url,)
 
     def partial_uploads(self, older_than: datetime) -> list[ObjectInfo]:
         """Temp files a killed writer left behind, last written before ``older_than`` (none where a store writes an

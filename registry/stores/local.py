@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from stat import S_ISREG
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,16 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise StoreError(f"cannot touch {key}: {exc.strerror or exc}") from exc
 
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StoreError(f"the object store folder {self.root} does not exist (an unmounted volume, or a wrong "
+                             "CTPREG_STORE_URL?)")
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            raise StoreError(f"the object store folder {self.root} is not readable and writable by this user")
+
+    def locations(self) -> tuple[str, ...]:
+        return (self.url, str(self.root))
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -59,9 +70,11 @@ class LocalStore(ObjectStore):
         base = self.root / PROMPT_PREFIX.rstrip("/")
         found = []
         for path in sorted(base.rglob(".*.tmp")) if base.is_dir() else []:
-            stat = path.stat()
+            stat = _regular_file(path)
+            if stat is None:
+                continue
             modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-            if path.is_file() and modified <= older_than:
+            if modified <= older_than:
                 found.append(
                     ObjectInfo(key=path.relative_to(self.root).as_posix(), size=stat.st_size, modified=modified)
                 )
@@ -72,10 +85,20 @@ class LocalStore(ObjectStore):
         if not base.exists():
             return
         for path in [base] if base.is_file() else sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                stat = path.stat()
+            stat = _regular_file(path) if not path.name.startswith(".") else None
+            if stat is not None:
                 yield ObjectInfo(
                     key=path.relative_to(self.root).as_posix(),
                     size=stat.st_size,
                     modified=datetime.fromtimestamp(stat.st_mtime, UTC),
                 )
+
+
+def _regular_file(path: Path) -> os.stat_result | None:
+    """``path``'s stat if it is a regular file; None if it is not, or no longer there: a writer renames its temp
+    file into place, and gc removes objects, while a listing runs."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat if S_ISREG(stat.st_mode) else None

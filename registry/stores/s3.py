@@ -40,6 +40,7 @@ class S3Store(ObjectStore):
             if parsed.scheme not in ("http", "https") or not parsed.hostname or "\x00" in endpoint_url:
                 raise InvalidInput(f"S3 endpoint URL {endpoint_url!r} must be http(s)://host[:port]")
         self.url = url
+        self.endpoint_url = endpoint_url
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60)
@@ -77,6 +78,22 @@ class S3Store(ObjectStore):
     def get(self, key: str) -> bytes:
         with self._translated("get", key):
             return self._client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+
+    def check(self) -> None:
+        """HEAD the bucket: a missing bucket, refused credentials or an endpoint that does not answer fail here."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _is_missing(exc) or exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                raise StoreError(f"S3 bucket {self.bucket!r} does not exist") from None
+            raise StoreError(f"S3 bucket {self.bucket!r} does not answer: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 bucket {self.bucket!r} does not answer: {exc}") from exc
+
+    def locations(self) -> tuple[str, ...]:
+        endpoint = urlparse(self.endpoint_url) if self.endpoint_url else None
+        return (self.url, f"s3://{self.bucket}", self.bucket,
+                *((self.endpoint_url, endpoint.netloc, endpoint.hostname or "") if endpoint else ()))
 
     def exists(self, key: str) -> bool:
         try:
