@@ -7,14 +7,15 @@ and ``tests/openapi.json`` pins that schema. The values themselves are made by t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ctpreg.registry.compression import METHODS
 from ctpreg.registry.refs import ALIAS_PATTERN, FINGERPRINT_PATTERN, MODEL_PATTERN, REF_PATTERN
 from ctpreg.registry.service import MAX_GC_GRACE_SECONDS, MAX_SIZE
-from ctpreg.registry.tokens import SCOPES, TOKEN_NAME_PATTERN
+from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.tokens import MAX_TOKEN_DAYS, SCOPES, TOKEN_NAME_PATTERN, parse_expiry_time
 
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 Scope = Literal[SCOPES]  # type: ignore[valid-type]
@@ -31,6 +32,7 @@ class ErrorDetail(BaseModel):
     type: str = Field(description="The ctpreg error class, e.g. NoCompatiblePrompt")
     message: str
     exit_code: int = Field(description="What the CLI exits with for this error")
+    request_id: str = Field(description="The server's log has the detail under this id (also X-Request-ID)")
 
 
 class ErrorOut(BaseModel):
@@ -193,10 +195,22 @@ class GcOut(BaseModel):
     objects: list[ObjectOut]
 
 
+def _expiry(text: str | None) -> str | None:
+    """The expiry in UTC, under the cap ``ctpreg tokens create --expires`` has (``tokens.check_expiry``); 422 else."""
+    if text is None:
+        return None
+    try:
+        return parse_expiry_time(text).isoformat()
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 class TokenIn(Strict):
     scope: Scope
     name: str = Field(pattern=TOKEN_NAME_PATTERN)
-    expires_at: str | None = Field(default=None, description="ISO 8601 with a zone; omitted: never expires")
+    expires_at: Annotated[str | None, AfterValidator(_expiry)] = Field(
+        default=None, max_length=64, description=f"ISO 8601 with a zone, at most {MAX_TOKEN_DAYS} days ahead; "
+        "omitted: never expires")
 
 
 class TokenOut(BaseModel):

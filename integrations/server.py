@@ -2,17 +2,15 @@
 
 Every route checks a scoped API token (``registry.tokens``), calls the same service method the CLI calls with direct
 access, and writes the result with the domain objects' own ``to_dict`` / ``registry.wire``. A ``CtpregError``
-becomes a JSON error naming its class and exit code, with the HTTP status below, so ``RemoteRegistry`` raises the
-very same error and the CLI exits with the same code. Objects are served only after their sha256 was verified, and
-only for a sha256 some prompt references. Access logs are one JSON line per request and never hold a token.
+becomes a JSON error naming its class and exit code (``http_errors``: with the request's id, and nothing of where the
+registry keeps its data), so ``RemoteRegistry`` raises the very same error and the CLI exits with the same code.
+Objects are served only after their sha256 was verified, and only for a sha256 some prompt references. The
+middleware (``middleware``) authenticates before a body is read and logs one JSON line per request, never a token;
+``supervisor`` runs the app in worker processes.
 """
 
 
-import hashlib
-import json
 import logging
-import os
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -20,40 +18,33 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ctpreg.registry import errors
-from ctpreg.registry.db.changes import ChangeMarker, change_marker
+from ctpreg.registry.db.changes import change_marker
 from ctpreg.registry.matcher import Target
 from ctpreg.registry.refs import ALIAS_PATTERN, FINGERPRINT_PATTERN, NAME_PATTERN, REF_PATTERN
 from ctpreg.registry.refs import check_fingerprint, check_model_name, check_text
 from ctpreg.registry.records import BaseModelRecord
 from ctpreg.registry.resolver import resolve
 from ctpreg.registry.service import Registry
-from ctpreg.registry.settings import Settings
 from ctpreg.registry.tokens import ADMIN, PUBLIC_ID_PATTERN, PUBLISH, READ, TokenRecord, authorize
 from ctpreg.registry.wire import candidate_to_wire, evidence_to_wire, measurement_from_wire, target_from_wire
 
 from . import api_models as api
-from .answers import MARKER, KeptAnswers
+from .answers import KeptAnswers
+from .http_errors import Scrubber, log, request_id_of
+from .middleware import AccessLog, Authenticate, BodyLimit, RequestIds
 
-log = logging.getLogger("ctpreg.access")
-MAX_BODY_ENV, ACCESS_LOG_ENV = "CTPREG_SERVE_MAX_BODY_BYTES", "CTPREG_SERVE_ACCESS_LOG"
-KEEP_ENV = "CTPREG_SERVE_KEEP_BYTES"
 DEFAULT_MAX_BODY_BYTES = 16 << 20  # a 100 x 8192 float32 prompt is 3.3 MB
 DEFAULT_KEEP_BYTES = 64 << 20
 SHA256_PATTERN = "^[0-9a-f]{64}$"
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # what a 405's Allow header may list
 PAGE = 1000  # most prompt versions in one answer of /v1/prompts (the client pages through the rest)
-STATUS: dict[type[errors.CtpregError], int] = {
-    errors.InvalidInput: 400, errors.InvalidArtifact: 400, errors.Unauthorized: 401, errors.Forbidden: 403,
-    errors.NoCompatiblePrompt: 404, errors.NoHelpfulPrompt: 404, errors.NotFound: 404, errors.Conflict: 409,
-    errors.StoreError: 503, errors.DatabaseError: 503,
-}
 _ERROR = {"model": api.ErrorOut}
 ERRORS = {status: {**_ERROR, "description": text} for status, text in {
     400: "Invalid input", 401: "Missing, unknown, expired or revoked token", 403: "Token scope too narrow",
@@ -63,151 +54,25 @@ NOT_FOUND = {404: {**_ERROR, "description": "No such prompt or model, or no comp
 CONFLICT = {409: {**_ERROR, "description": "Contradicts what the registry holds"}}
 
 
-def status_of(exc: errors.CtpregError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
-
-
-def error_response(exc: errors.CtpregError, status: int | None = None) -> JSONResponse:
-    """Every error in one shape: its class, message and the CLI's exit code; ``status`` overrides the class's."""
-    status = status or status_of(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    message = str(exc)
-    if status == 503:  # the detail names hosts, databases and buckets: for the server's log, not for any caller
-        log.warning(json.dumps({"error": type(exc).__name__, "detail": message}))
-        message = f"{'the metadata DB' if isinstance(exc, errors.DatabaseError) else 'the object store'} is " \
-                  "unavailable; the server's log has the detail"
-    body = {"error": {"type": type(exc).__name__, "message": message, "exit_code": exc.exit_code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """Refuse (413) any request body above ``limit`` bytes, by its Content-Length or as it streams in."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(scope, receive, send)
-            return
-        seen, exceeded = 0, False
-
-        async def counted() -> Message:
-            nonlocal seen, exceeded
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # the app sees a client that went away, and what it answers is dropped
-                exceeded = True
-                return {"type": "http.disconnect"}
-            return message
-
-        async def unless_exceeded(message: Message) -> None:
-            if not exceeded:
-                await send(message)
-
-        try:
-            await self.app(scope, counted, unless_exceeded)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = errors.InvalidInput(f"request body over {self.limit} bytes")
-        await error_response(refusal, status=413)(scope, receive, send)
-
-
-class Authenticate:
-    """401 for a ``/v1/`` request without a valid token, before anything of it (its body above all) is read; the
-    token's record goes into the request's state for the routes' scope checks. Only ``/health``, ``/ready`` and the
-    schema answer without one.
-
-    With a change marker (``registry.db.changes``), the marker read here goes into the state too (``KeptAnswers``
-    uses it), and a token already checked under the same marker is not looked up again: no token was created or
-    revoked since. Its expiry is checked on every request."""
-
-    KNOWN_TOKENS = 10_000
-
-    def __init__(self, app: ASGIApp, registry: Registry, marker: ChangeMarker | None = None) -> None:
-        self.app, self.registry, self.marker = app, registry, marker
-        self._known: dict[str, tuple[str, TokenRecord]] = {}  # sha256 of a token -> (marker, its record)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        kind, _, value = header.partition(" ")
-        marker = await self.marker.current() if self.marker is not None else None
-        try:
-            if kind.lower() != "bearer" or not value:
-                raise errors.Unauthorized("this endpoint needs an API token: Authorization: Bearer ctp_...")
-            record = await self._authenticate(value.strip(), marker)
-        except errors.CtpregError as exc:
-            await error_response(exc)(scope, receive, send)
-            return
-        scope.setdefault("state", {}).update(token=record, token_id=record.public_id, **{MARKER: marker})
-        await self.app(scope, receive, send)
-
-    async def _authenticate(self, value: str, marker: str | None) -> TokenRecord:
-        digest = hashlib.sha256(value.encode("latin-1")).hexdigest()
-        known = self._known.get(digest)
-        if known is not None and marker is not None and known[0] == marker:
-            return authorize(known[1], True, READ)
-        record = await run_in_threadpool(self.registry.authenticate, value, READ)
-        if marker is not None:
-            if len(self._known) >= self.KNOWN_TOKENS:
-                self._known.clear()
-            self._known[digest] = (marker, record)
-        return record
-
-
-class AccessLog:
-    """One JSON line per request: method, path, status, milliseconds, client, and the token's public id."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recorded(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recorded)
-        finally:
-            client = scope.get("client")
-            log.info(json.dumps({
-                "method": scope["method"], "path": scope["path"], "status": status,
-                "ms": round(1000 * (time.perf_counter() - started), 2),
-                "client": client[0] if client else None, "token": scope.get("state", {}).get("token_id"),
-            }))
+def locations(registry: Registry) -> list[str]:
+    """Where this registry keeps its data, as error messages could spell it: never shown to a caller."""
+    url = make_url(registry.db.url)
+    return [*registry.store.locations(), registry.db.url, url.render_as_string(hide_password=False),
+            url.host or "", url.database or "", url.password or ""]
 
 
 def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               keep_bytes: int = DEFAULT_KEEP_BYTES) -> FastAPI:
-    """The API; ``keep_bytes`` > 0 keeps read answers and checked tokens until the DB changes (0: never)."""
+               keep_bytes: int = DEFAULT_KEEP_BYTES, docs: bool = False) -> FastAPI:
+    """The API; ``keep_bytes`` > 0 keeps read answers and checked tokens until the DB changes (0: never). ``docs``
+    serves the interactive pages ``/docs`` and ``/redoc``, which load their scripts from a third-party CDN (off by
+    default; ``/openapi.json`` is always served)."""
     app = FastAPI(
         title="ctpreg registry", version="1", description="Soft prompts that recover compressed LLMs: resolve, "
         "fetch and publish them with a scoped token (Authorization: Bearer ctp_...).",
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
     )
     bearer = HTTPBearer(auto_error=False, description="A token from `ctpreg tokens create`")
+    scrubber = Scrubber(locations(registry))
 
     def scoped(needed: str) -> Callable[..., TokenRecord]:
         def check(request: Request,
@@ -222,26 +87,28 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
                                 for scope in (READ, PUBLISH, ADMIN))
 
     @app.exception_handler(errors.CtpregError)
-    async def _ctpreg_error(_request: Request, exc: errors.CtpregError) -> JSONResponse:
-        return error_response(exc)
+    async def _ctpreg_error(request: Request, exc: errors.CtpregError) -> JSONResponse:
+        return scrubber.response(exc, request_id_of(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Routing and body-parsing errors in the same shape as every other error; a 405 lists every method the
         path has (Starlette's own lists only the first route's)."""
         error = errors.NotFound if exc.status_code == 404 else errors.InvalidInput
-        response = error_response(error(str(exc.detail)), status=exc.status_code)
+        response = scrubber.response(error(str(exc.detail)), request_id_of(request.scope), status=exc.status_code)
         if exc.status_code == 405:
-            allowed = sorted({m for route in app.routes if isinstance(route, APIRoute)
-                              and route.matches(request.scope)[0] == Match.PARTIAL for m in route.methods})
-            response.headers["Allow"] = ", ".join(allowed)
+            response.headers["Allow"] = ", ".join(
+                method for method in METHODS
+                if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                       for route in app.router.routes))
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return error_response(errors.InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"), status=422)
+        refusal = errors.InvalidInput(f"{where}: {first.get('msg', 'invalid request')}")
+        return scrubber.response(refusal, request_id_of(request.scope), status=422)
 
     @app.get("/health", response_model=api.StatusOut, tags=["service"])
     def health() -> dict[str, Any]:
@@ -249,15 +116,17 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         return {"status": "ok"}
 
     @app.get("/ready", response_model=api.StatusOut, tags=["service"], responses={503: {"model": api.StatusOut}})
-    def ready() -> Any:
-        """The metadata DB and the object store answer (no token needed)."""
+    def ready(request: Request) -> Any:
+        """The metadata DB answers with a current schema and the object store is there (its folder or bucket
+        exists); no token needed. The reason of a failed check is in the server's log, under the request's id."""
         checks = {}
-        for name, probe in (("db", registry.list_models), ("store", lambda: registry.store.exists("ready-probe"))):
+        for name, probe in (("db", registry.list_models), ("store", registry.store.check)):
             try:
                 probe()
                 checks[name] = "ok"
             except errors.CtpregError as exc:
                 checks[name] = type(exc).__name__
+                scrubber.message(exc, request_id_of(request.scope))  # logs the detail
         ok = all(value == "ok" for value in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
@@ -418,7 +287,7 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     @admins.post("/v1/tokens", response_model=api.TokenCreatedOut, status_code=201, responses=ERRORS)
     def create_token(body: api.TokenIn, request: Request) -> Any:
         """A new token; its value is in this answer only."""
-        expires = _moment(body.expires_at) if body.expires_at is not None else None
+        expires = datetime.fromisoformat(body.expires_at) if body.expires_at is not None else None  # checked
         acting = registry.acting_as(_actor(request.state.token))
         record, value = acting.create_token(scope=body.scope, name=body.name, expires_at=expires)
         return {"record": record.to_dict(), "token": value}
@@ -434,38 +303,24 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     for router in (reads, publishes, admins):
         app.include_router(router)
     marker = change_marker(registry.db.url) if keep_bytes > 0 else None
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, scrubber=scrubber)
     app.add_middleware(KeptAnswers, limit_bytes=keep_bytes if marker is not None else 0)
-    app.add_middleware(Authenticate, registry=registry, marker=marker)
+    app.add_middleware(Authenticate, registry=registry, scrubber=scrubber, marker=marker)
     app.add_middleware(AccessLog)
+    app.add_middleware(RequestIds, scrubber=scrubber)
     return app
 
 
-def app_from_env() -> FastAPI:
-    """The app each uvicorn worker builds (``ctpreg serve`` passes its options through the environment)."""
-    settings = Settings.from_env()
-    if settings.url is not None:
-        raise errors.InvalidInput("CTPREG_URL is set: `ctpreg serve` serves a DB and store itself; unset CTPREG_URL")
+def configure_access_log(enabled: bool) -> None:
+    """The access log (and the detail of scrubbed errors) as JSON lines on stderr; ``enabled`` False keeps only
+    warnings."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO if os.environ.get(ACCESS_LOG_ENV, "1") == "1" else logging.WARNING)
+    log.setLevel(logging.INFO if enabled else logging.WARNING)
     log.propagate = False
-    limit = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
-    keep = int(os.environ.get(KEEP_ENV, DEFAULT_KEEP_BYTES))
-    return create_app(Registry.from_settings(settings), max_body_bytes=limit, keep_bytes=keep)
 
 
 def _actor(token: TokenRecord) -> str:
     """Who a write over HTTP is recorded as: the token that made it (the caller's claimed user is not trusted)."""
     return f"{token.name[:100]} (token {token.public_id})"
-
-
-def _moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise errors.InvalidInput(f"expires_at {text!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise errors.InvalidInput("expires_at needs a time zone, e.g. 2027-01-01T00:00:00+00:00")
-    return moment

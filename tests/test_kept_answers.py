@@ -239,6 +239,7 @@ def test_a_served_answer_follows_every_change_made_anywhere(kept_server) -> None
     answers = [ask(pool, served, token, resolving) for _ in range(ROUNDS)]
     assert {json.loads(a.data)["candidates"][0]["ref"] for a in answers} == {first.ref}
     assert any(a.headers.get(KEPT) == "kept" for a in answers), "repeated reads are answered from what was kept"
+    assert len({a.headers["X-Request-ID"] for a in answers}) == ROUNDS, "a replayed answer has its own request id"
     for _ in range(ROUNDS):
         ask(pool, served, token, listing)
 

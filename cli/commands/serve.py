@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
-import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ctpreg.registry.errors import InvalidInput
+from ctpreg.registry.errors import AddressInUse, InvalidInput
 from ctpreg.registry.tokens import SCOPES, check_scope, parse_expiry
 
 from ..options import JsonFlag
 from ..output import emit_json, info, table
 from ..state import state
 
-SERVER_MODULES = ("fastapi", "uvicorn")
+SERVER_MODULES = ("fastapi", "uvicorn", "gunicorn", "uvicorn_worker")
 tokens_app = typer.Typer(help="API tokens for `ctpreg serve`: read, publish or admin scope.", no_args_is_help=True)
+
+
+def _limit_help(name: str) -> str:
+    from ctpreg.integrations.request_limits import RequestLimits
+
+    return RequestLimits.__dataclass_fields__[name].metadata["help"].capitalize() + "."
 
 
 def serve(
@@ -36,6 +43,17 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(
         "--max-body-bytes", min=1024, max=1 << 30, help="Largest request body accepted (413 above).",
     )] = 16 << 20,
+    max_header_bytes: Annotated[int, typer.Option(
+        "--max-header-bytes", min=1024, max=1 << 20, help=_limit_help("max_head_bytes"),
+    )] = 16 << 10,
+    max_headers: Annotated[int, typer.Option("--max-headers", min=1, max=10_000, help=_limit_help("max_headers"))]
+    = 100,
+    head_timeout: Annotated[float, typer.Option(
+        "--head-timeout-seconds", min=0.1, max=3600, help=_limit_help("head_timeout_s"),
+    )] = 10.0,
+    keep_alive: Annotated[int, typer.Option(
+        "--keep-alive-seconds", min=1, max=3600, help=_limit_help("keep_alive_s"),
+    )] = 5,
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="One JSON line per request on stderr (never a token).",
     )] = True,
@@ -45,8 +63,12 @@ def serve(
              "the DB changes (checked on every request, so never stale); 0 computes every answer.",
     )] = 64,
     graceful_seconds: Annotated[int, typer.Option(
-        "--graceful-seconds", min=0, max=3600, help="On SIGTERM/SIGINT, let requests in flight finish this long.",
+        "--graceful-seconds", min=0, max=3600, help="On SIGTERM, let requests in flight finish this long.",
     )] = 30,
+    docs: Annotated[bool, typer.Option(
+        "--docs", help="Also serve the interactive API pages /docs and /redoc (they load scripts from a third-party "
+                       "CDN; /openapi.json is always served).",
+    )] = False,
 ) -> None:
     """Serve this registry (CTPREG_DB_URL + CTPREG_STORE_URL) over HTTP, every endpoint behind a scoped token.
 
@@ -67,24 +89,40 @@ def serve(
         if path is not None and not path.is_file():
             raise InvalidInput(f"{path} is not a file")
     _check_bind(host, tls=ssl_certfile is not None or behind_tls_proxy)
+    from ctpreg.integrations.request_limits import RequestLimits
+    from ctpreg.integrations.supervisor import RegistryServer, ServeOptions
+
+    options = ServeOptions(
+        host=host, port=port, workers=workers, max_body_bytes=max_body_bytes, keep_bytes=keep_mb << 20,
+        access_log=access_log, graceful_seconds=graceful_seconds, docs=docs, ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile, limits=RequestLimits(max_head_bytes=max_header_bytes, max_headers=max_headers,
+                                                      head_timeout_s=head_timeout, keep_alive_s=keep_alive),
+    )
     registry = state(ctx).registry
     registry.list_models()  # the DB answers and its schema is current, or one clear error before binding
-    registry.store.exists("ready-probe")
-    import uvicorn
-
-    from ctpreg.integrations.server import ACCESS_LOG_ENV, KEEP_ENV, MAX_BODY_ENV
-
-    os.environ[MAX_BODY_ENV] = str(max_body_bytes)
-    os.environ[ACCESS_LOG_ENV] = "1" if access_log else "0"
-    os.environ[KEEP_ENV] = str(keep_mb << 20)
+    if settings.store_url == (settings.home / "objects").as_uri():
+        (settings.home / "objects").mkdir(parents=True, exist_ok=True)  # the default store, like the embedded DB
+    registry.store.check()  # its folder or bucket is there: a missing one is never taken for an empty store
+    _check_free(host, port)
     scheme = "https" if ssl_certfile else "http"
     info(f"serving {settings.db_url.split('://')[0]} + {settings.store_url.split('://')[0]} registry at "
          f"{scheme}://{host}:{port} with {workers} worker(s)")
-    uvicorn.run(
-        "ctpreg.integrations.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-        access_log=False, log_level="warning", timeout_graceful_shutdown=graceful_seconds,
-        ssl_certfile=str(ssl_certfile) if ssl_certfile else None, ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-    )
+    RegistryServer(settings, options).run()
+
+
+def _check_free(host: str, port: int) -> None:
+    """``AddressInUse`` (one line, its own exit code) when another process listens on the port, before gunicorn
+    tries: it would retry for seconds and then exit with a generic code."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"{host}:{port} is already in use by another process (choose another --port)") \
+                    from None
+            raise InvalidInput(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _check_bind(host: str, *, tls: bool) -> None:
