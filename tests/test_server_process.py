@@ -21,7 +21,7 @@ from ctpreg.registry import Settings
 from ctpreg.registry.errors import AddressInUse
 from ctpreg.registry.service import Registry
 from ctpreg.registry.tokens import PUBLISH
-from served import Served, alive, serving, workers_of
+from served import Served, alive, free_port, serving, workers_of
 
 HEAD_TIMEOUT_S = 1.0
 
@@ -170,3 +170,16 @@ def test_tls_serves_https(home, tmp_path) -> None:
         pool.clear()
         with pytest.raises(ssl.SSLError), socket.create_connection(address(served)) as raw:
             ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")  # not a known CA
+
+
+@pytest.mark.parametrize("gunicorn_code", [3, 4])
+def test_a_server_that_stops_on_its_own_exits_1_not_gunicorns_code(cli_env, monkeypatch, gunicorn_code) -> None:
+    """gunicorn's master exits 3 when a worker cannot boot and 4 when the app cannot load: to ctpreg those codes
+    mean "no compatible prompt" and "no prompt helps"."""
+    from ctpreg.integrations.supervisor import RegistryServer
+
+    def stops(_self) -> None:
+        raise SystemExit(gunicorn_code)
+
+    monkeypatch.setattr(RegistryServer, "run", stops)
+    assert main(["serve", "--port", str(free_port())]) == 1

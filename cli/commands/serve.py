@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ctpreg.registry.errors import AddressInUse, InvalidInput
+from ctpreg.registry.errors import AddressInUse, CtpregError, InvalidInput
 from ctpreg.registry.tokens import SCOPES, check_scope, parse_expiry
 
 from ..options import JsonFlag
@@ -107,7 +107,13 @@ def serve(
     scheme = "https" if ssl_certfile else "http"
     info(f"serving {settings.db_url.split('://')[0]} + {settings.store_url.split('://')[0]} registry at "
          f"{scheme}://{host}:{port} with {workers} worker(s)")
-    RegistryServer(settings, options).run()
+    try:
+        RegistryServer(settings, options).run()
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        # gunicorn's own codes (3: a worker could not boot, 4: the app could not load) mean other things to ctpreg
+        raise CtpregError(f"the server stopped (gunicorn exit code {exc.code}); its log above says why") from None
 
 
 def _check_free(host: str, port: int) -> None:
