@@ -4,16 +4,22 @@ uvicorn's httptools protocol bounds neither a request's head (httptools joins a 
 uvicorn keeps every header) nor the time a client may take to send it: a client that sends a head one byte every
 few seconds holds its connection, and its buffer, for ever. ``BoundedHttp`` adds both bounds (431 for a head too
 large or with too many headers, 408 and a closed connection for a head not complete in time) and closes a new
-connection that sends nothing. Bodies are bounded by the app (``middleware.BodyLimit``) and read only after the
+connection that sends nothing. Its refusals, uvicorn's 400 for a malformed request too, are in the error shape of
+every other answer, with a request id. Bodies are bounded by the app (``middleware.BodyLimit``) and read only after the
 token was checked; uvicorn's keep-alive timeout closes idle connections between requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ctpreg.registry import errors
+
+from .http_errors import REQUEST_ID, log, new_request_id
 from .request_limits import RequestLimits
 
 
@@ -33,6 +39,7 @@ class BoundedHttp(HttpToolsProtocol):
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
         self._over_limit = False
+        self._spoke = False  # the client sent a byte on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -45,6 +52,7 @@ class BoundedHttp(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._over_limit:
             return
+        self._spoke = True
         super().data_received(data)
         if self._in_head and not self._over_limit:
             self._head_raw += len(data)
@@ -70,11 +78,12 @@ class BoundedHttp(HttpToolsProtocol):
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if self._over_limit:  # the parser error was ours: a head over the limits
+        """uvicorn's answer to a request the parser refused; a head over the limits is refused by our callbacks."""
+        if self._over_limit:
             self._over_limit = False
             self._refuse(431, "request head too large or with too many headers")
             return
-        super().send_400_response(msg)
+        self._refuse(400, msg)
 
     def _count(self, size: int, *, fields: int) -> None:
         self._head_parsed += size
@@ -94,15 +103,25 @@ class BoundedHttp(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._in_head and not self.transport.is_closing():
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self._spoke:
             self._refuse(408, "request head not complete in time")
+        else:  # a connection opened and never used (a browser's preconnect, a port scan): closed without a word
+            self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` with ``message`` and close: nothing more of this connection is read."""
+        """Answer ``status`` in the error shape of every other answer (``http_errors``), and close: nothing more of
+        this connection is read."""
         self._over_limit, self._in_head = True, False
         self._cancel_head_timer()
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-        body = message.encode()
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+        request_id = new_request_id()
+        body = json.dumps({"error": {"type": errors.InvalidInput.__name__, "message": message,
+                                     "exit_code": errors.InvalidInput.exit_code, REQUEST_ID: request_id}}).encode()
+        log.warning(json.dumps({REQUEST_ID: request_id, "status": status, "refused": message,
+                                "client": self.client[0] if self.client else None}))
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+            b"connection: close\r\n\r\n%s" % (status, HTTPStatus(status).phrase.encode(), len(body),
+                                                   request_id.encode(), body))
         self.transport.close()
