@@ -13,17 +13,22 @@ from tiny import text_file
 TORCH_COMMANDS = [["compress"], ["train"], ["eval"], ["generate"], ["demo"], ["resolve"]]
 
 
-def test_torch_threads_sets_the_count_inside_and_restores_it_after(caplog, monkeypatch) -> None:
-    monkeypatch.setattr(logging.getLogger("ctpreg"), "propagate", True)  # the CLI's show_logs stops them there
+def test_torch_threads_sets_the_count_inside_and_restores_it_after(monkeypatch) -> None:
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("ctpreg.trainer.threads")
+    monkeypatch.setattr(logger, "handlers", [handler])  # whatever other tests left on the "ctpreg" logger
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
     before = torch.get_num_threads()
-    with caplog.at_level(logging.INFO, logger="ctpreg.trainer.threads"):
-        with torch_threads(1) as count:
-            assert count == torch.get_num_threads() == 1
-        assert torch.get_num_threads() == before
-        with torch_threads(None) as count:
-            assert count == torch.get_num_threads() == cpus_available()
+    with torch_threads(1) as count:
+        assert count == torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-    assert [r.getMessage() for r in caplog.records] == [
+    with torch_threads(None) as count:
+        assert count == torch.get_num_threads() == cpus_available()
+    assert torch.get_num_threads() == before
+    assert said == [
         f"torch: 1 thread(s) (--threads 1; default: the {cpus_available()} CPU(s) this process may use)",
         f"torch: {cpus_available()} thread(s) (default: the {cpus_available()} CPU(s) this process may use)",
     ]

@@ -23,9 +23,13 @@ from ctpreg.registry.recovery import gap_recovered
 from ctpreg.registry.errors import Conflict, InvalidInput
 from ctpreg.registry.identity import EvalData, file_sha256
 from ctpreg.registry.prompted import window_digest
+from ctpreg.registry.files import write_output
+from ctpreg.registry.lineage import state_beside
+from ctpreg.registry.optimizer_state import serialize_state
 from ctpreg.registry.records import BaseModelRecord
 
 from .catalog import locate
+from .compounding import Origin
 from .compress import CompressConfig, CompressedModel, CompressionCache, compress
 from .data import SELECT, TEST, Corpus, all_windows, load_corpus, make_windows, split_windows
 from .distributed import is_main
@@ -34,6 +38,7 @@ from .models import LoadedModel, load_model
 from .train import TrainConfig, TrainResult, train_prompt, uses_autocast
 
 log = logging.getLogger(__name__)
+NO_PARENT = Origin()
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,11 @@ def train_prompt_artifact(
     out: Path,
     home: Path,
     resume: bool = False,
+    origin: Origin = NO_PARENT,
 ) -> TrainedPrompt:
     """Train one prompt for one compression, or across several (``compress_configs`` a list: one prompt, every
-    compressed model in memory, figures per target in the artifact)."""
+    compressed model in memory, figures per target in the artifact). ``origin`` is what the run builds on (a warm
+    start or a continued prompt, ``trainer.compounding``); a WSD run writes its stable state beside ``out``."""
     configs = compress_configs if isinstance(compress_configs, list) else [compress_configs]
     windows = make_windows(
         loaded.tokenizer, corpus, seq_len=data_config.seq_len, max_train=data_config.max_train_windows,
@@ -133,7 +140,9 @@ def train_prompt_artifact(
     result = train_prompt(
         [c.model for c in compressed], windows, train_config, checkpoint=out.with_name(out.name + ".ckpt"),
         resume=resume, context=context, teacher=loaded.model if train_config.needs_teacher else None,
+        init=origin.init, start=origin.start,
     )
+    state = _write_state(result, out)
     test_data = split_data(windows.corpus, TEST, windows.test)
     per_target = {}
     for c, without in zip(compressed, before):
@@ -152,13 +161,14 @@ def train_prompt_artifact(
         metrics["full_model"] = f"GGUF {loaded.source.gguf_file} dequantized by transformers"
     calibrated = any(cfg.needs_calibration for cfg in configs)
     training = {
-        **train_config.to_dict(), "seq_len": windows.seq_len, "init": "vocab", "data_hash": windows.data_hash,
+        **train_config.to_dict(), "seq_len": windows.seq_len, "init": origin.label, "data_hash": windows.data_hash,
         "train_windows": int(windows.train.shape[0]), "best_step": result.best_step,
         "select_data": split_data(windows.corpus, SELECT, windows.select).to_dict(),
         "step_seconds": result.step_seconds, "tokens_per_second": result.tokens_per_second,
         "autocast": "bf16" if uses_autocast(train_config, loaded.device) else "off",
         "calibration": configs[0].calibration if calibrated else None,
         "calibration_windows": configs[0].calibration_windows if calibrated else None,
+        **origin.lineage(train_config, result, state).to_training(),
     }
     metadata = PromptMetadata(
         model=loaded.source.slug, model_fingerprint=loaded.fingerprint, compression=configs[0].spec,
@@ -170,6 +180,17 @@ def train_prompt_artifact(
     else:
         sha = sha256_hex(serialize_artifact(result.prompt.numpy(), metadata))
     return TrainedPrompt(out, sha, metadata, result, sum(c.seconds for c in compressed))
+
+
+def _write_state(result: TrainResult, out: Path) -> tuple[str, int] | None:
+    """Write the run's stable-phase state beside the artifact (``registry.lineage.state_beside``; one rank
+    writes); its sha256 and size go into the artifact, which is what makes the prompt continuable."""
+    if result.stable_state is None:
+        return None
+    data = serialize_state(*result.stable_state.to_arrays())
+    if is_main():
+        write_output(state_beside(out), data)
+    return sha256_hex(data), len(data)
 
 
 def evaluate_conditions(

@@ -14,10 +14,11 @@ from ctpreg.registry.errors import InvalidInput
 from ctpreg.registry.head_loss import head_loss
 from ctpreg.registry.prompted import scored_hidden, token_nll
 
+from .train_config import LOSSES
+
 # ce: next-token cross-entropy on the text (the paper's objective). kd: KL(teacher || prompted student) per scored
 # position, the teacher being the uncompressed model on the same window, so the prompt learns to restore the base
 # model's distribution rather than only its top token. ce+kd: their sum.
-LOSSES = ("ce", "kd", "ce+kd")
 
 
 def init_from_vocabulary(model: nn.Module, num_tokens: int, *, seed: int = 0, top_k: int = 5000) -> torch.Tensor:

@@ -14,7 +14,6 @@ decay), which a later run continues from (``start``) for more steps, and a new p
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -37,87 +36,11 @@ from .evaluate import perplexity
 from .fast_steps import FastSteps
 from .models import bf16_native
 from .progress import progress
-from .prompt import LOSSES, init_from_vocabulary, prompt_loss
+from .prompt import init_from_vocabulary, prompt_loss
 from .stable_state import Snapshot, StableState
+from .train_config import NOT_TRAJECTORY, TrainConfig
 
 log = logging.getLogger(__name__)
-SCHEDULES = ("cycle", "sum")
-LR_SCHEDULES = ("wsd", "cosine")
-# What does not change the path to the end of the stable phase, so a continuing run may choose it afresh: the run's
-# length and its own decay (each run decays for its own length), evaluation, and bf16 autocast (the arithmetic's
-# precision, which only some hardware offers; a state continues on another machine).
-NOT_TRAJECTORY = ("steps", "decay_fraction", "min_lr_ratio", "eval_every", "eval_windows", "eval_batch_size",
-                  "autocast_bf16")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    num_tokens: int = field(default=50, metadata={"help": "virtual tokens in the prompt (bench/tune.py)"})
-    steps: int = field(default=100, metadata={"help": "index the run ends at (continuing: counted from step 0)"})
-    lr: float = field(default=3e-2, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=10, metadata={"help": "linear warmup from 0 to lr"})
-    lr_schedule: str = field(
-        default="wsd",
-        metadata={"help": "wsd (warmup, constant lr, then a short decay: continuable) or cosine (decay all along)"},
-    )
-    decay_fraction: float = field(default=0.2, metadata={"help": "wsd: the last fraction of steps decays"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "the decay ends at lr * this"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the prompt"})
-    batch_size: int = field(default=4, metadata={"help": "windows per step (per rank under a launcher)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
-    eval_every: int = field(default=25, metadata={"help": "measure the select split every K steps (and at the end)"})
-    eval_windows: int | None = field(default=None, metadata={"help": "select windows used while training"})
-    eval_batch_size: int = field(default=4, metadata={"help": "windows per evaluation batch"})
-    autocast_bf16: bool = field(
-        default=True,
-        metadata={"help": "bf16 autocast for training steps where the hardware has bf16 (not for evaluation)"},
-    )
-    seed: int = field(default=0, metadata={"help": "prompt init and batch order"})
-    loss: str = field(default="ce", metadata={"help": "objective: ce, kd (KL to the uncompressed model) or ce+kd"})
-    schedule: str = field(
-        default="cycle",
-        metadata={"help": "several targets: cycle (one target per step, in turn) or sum (all targets every step)"},
-    )
-
-    def __post_init__(self) -> None:
-        positive = {"num_tokens": self.num_tokens, "steps": self.steps, "batch_size": self.batch_size,
-                    "eval_every": self.eval_every, "eval_batch_size": self.eval_batch_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise InvalidInput(f"{name} must be >= 1, got {value}")
-        if not 0 < self.lr < 1:
-            raise InvalidInput(f"lr must lie in (0, 1), got {self.lr}")
-        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or self.grad_clip <= 0:
-            raise InvalidInput("warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and grad_clip > 0 are required")
-        if self.eval_windows is not None and self.eval_windows < 1:
-            raise InvalidInput("eval_windows must be >= 1")
-        if self.loss not in LOSSES:
-            raise InvalidInput(f"unknown loss {self.loss!r}: use {', '.join(LOSSES)}")
-        if self.schedule not in SCHEDULES:
-            raise InvalidInput(f"unknown schedule {self.schedule!r}: use {', '.join(SCHEDULES)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InvalidInput(f"unknown lr_schedule {self.lr_schedule!r}: use {', '.join(LR_SCHEDULES)}")
-        if not 0 < self.decay_fraction < 1:
-            raise InvalidInput(f"decay_fraction must lie in (0, 1), got {self.decay_fraction}")
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.loss != "ce"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def trajectory_digest(self) -> str:
-        """What a run continuing a ``StableState`` must share with the run that took it (all but ``NOT_TRAJECTORY``)."""
-        kept = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAJECTORY}
-        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
-
-
 @dataclass
 class TrainResult:
     """``prompt`` is the best on select, ``final_prompt`` where training ended; ``losses[i]`` is the training loss
@@ -219,8 +142,8 @@ def train_prompt(
 
     ``init`` ([num_tokens, hidden]) starts from that prompt instead of vocabulary embeddings. ``start`` continues a
     WSD run from its stable-phase state: steps ``start.step .. config.steps - 1`` run with the same batches and
-    learning rates as one run of ``config.steps`` would, so the end is the same (bitwise on one machine). A WSD run
-    returns its own state at ``stable_end`` in ``TrainResult.stable_state``.
+    learning rates as one run of ``config.steps`` would, so it ends the same (bitwise on one machine and thread
+    count). A WSD run returns its own state at ``stable_end`` in ``TrainResult.stable_state``.
     """
     models = [model] if isinstance(model, nn.Module) else list(model)
     embeddings = models[0].get_input_embeddings().weight
@@ -347,8 +270,9 @@ def _check_start(start: StableState, config: TrainConfig, shape: tuple[int, int]
 def _origin(init: torch.Tensor | None, start: StableState | None) -> str:
     """Names the starting point, so a checkpoint never resumes a run that started elsewhere."""
     if start is not None:
-        digest = hashlib.sha256(json.dumps(start.to_arrays()[1], sort_keys=True).encode())
-        for value in start.to_arrays()[0].values():
+        arrays, meta = start.to_arrays()
+        digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+        for value in arrays.values():
             digest.update(value.tobytes())
         return f"state {digest.hexdigest()}"
     if init is not None:

@@ -10,8 +10,10 @@ import typer
 from ctpreg.registry.errors import InvalidInput
 from ctpreg.registry.files import check_output
 from ctpreg.registry.identity import EvalData
+from ctpreg.registry.matcher import Target
 from ctpreg.registry.refs import check_name
 from ctpreg.trainer.threads import torch_threads
+from ctpreg.trainer.train_config import DEFAULTS, TrainConfig
 
 from ..options import JsonFlag
 from ..output import emit_json, info, show_logs, stdout_to_stderr, table
@@ -84,34 +86,56 @@ def compress(
             info(f"checkpoint written to {saved}")
 
 
-@compression_options(calibrated=True, multi=True)
+@compression_options(calibrated=True, multi=True, optional=True)
 def train(
     ctx: typer.Context,
-    model: ModelArg,
-    compression: CompressionRequest,
+    *,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Model slug: smollm2-135m (packaged), llama-7b, opt-1.3b, ... (with --continue: the "
+        "parent's)",
+    )] = None,
+    compression: CompressionRequest | None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the prompt artifact (.safetensors).")],
     dataset: Annotated[str, typer.Option(
         help="Training corpus: wiki, news, wikitext2, c4, ptb or a .txt/.jsonl file.",
     )] = "wiki",
-    num_tokens: Annotated[int, typer.Option("--num-tokens", min=1, help="Virtual tokens in the prompt.")] = 50,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 100,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine decay).")] = 3e-2,
+    num_tokens: Annotated[int | None, typer.Option(
+        "--num-tokens", min=1, help=f"Virtual tokens in the prompt (default {DEFAULTS.num_tokens}, or the --init "
+        "prompt's count; with another count the init prompt's first rows are kept or vocabulary rows added).",
+    )] = None,
+    steps: Annotated[int, typer.Option(
+        min=1, help="Optimizer steps (with --continue: steps beyond the parent's cumulative count).",
+    )] = DEFAULTS.steps,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = DEFAULTS.lr,
+    lr_schedule: Annotated[str, typer.Option(
+        "--lr-schedule", help="wsd (warmup, constant, then a decay over the last fifth: continuable) or cosine.",
+    )] = DEFAULTS.lr_schedule,
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per window (train, select and test).")] = 256,
-    batch_size: Annotated[int, typer.Option(min=1, help="Windows per step (per process under a launcher).")] = 4,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Windows per step (per process under a launcher).",
+    )] = DEFAULTS.batch_size,
     eval_every: Annotated[int, typer.Option(
         min=1, help="Measure the select split every K steps; the prompt best there is kept.",
-    )] = 25,
+    )] = DEFAULTS.eval_every,
     eval_windows: Annotated[int, typer.Option(
         min=1, help="Windows of the select split (best step) and of the test split (reported figures).",
     )] = 40,
     loss: Annotated[str, typer.Option(
         help=("Objective: ce (next-token cross-entropy, the paper's), kd (KL divergence to the uncompressed model's "
               "next-token distribution; it runs the full model too) or ce+kd."),
-    )] = "ce",
+    )] = DEFAULTS.loss,
     schedule: Annotated[str, typer.Option(
         help="With --targets: cycle (each step trains on one target, in turn) or sum (every target every step).",
-    )] = "cycle",
-    seed: Annotated[int, typer.Option(help="Prompt init and batch order.")] = 0,
+    )] = DEFAULTS.schedule,
+    seed: Annotated[int, typer.Option(help="Prompt init and batch order.")] = DEFAULTS.seed,
+    init: Annotated[str, typer.Option(
+        help="Start from: vocab (vocabulary embeddings), auto (the prompt resolve serves for this target, vocab when "
+             "there is none) or a REF (a prompt of this model's embedding space). Recorded as the parent.",
+    )] = "vocab",
+    continue_ref: Annotated[str | None, typer.Option(
+        "--continue", help="Train the published prompt REF --steps more steps from its optimizer state, with its "
+        "model, compression, data and settings: it ends where one run of the whole length would.",
+    )] = None,
     model_path: ModelPathOption = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
@@ -122,40 +146,68 @@ def train(
 ) -> None:
     """Compress a model, learn a soft prompt on it (model frozen) and write the artifact with honest metrics.
 
-    The corpus splits by document: train (gradients), select (best step) and test (every reported figure).
+    The corpus splits by document: train (gradients), select (best step) and test (every reported figure). A wsd run
+    also writes its optimizer state beside the artifact (OUT.state.safetensors; `publish` sends both), so the
+    prompt can be continued later.
 
     Example: ctpreg train --model smollm2-135m --method gptq --bits 3 --dataset wiki --steps 100 -o p.safetensors
     One prompt for several compressions: --targets gptq-w3-g128,gptq-w4-g128,sparsegpt-s50 (the artifact lists
     them, and resolve ranks it as an exact match for each by its recovery there).
+    Compounding: --init auto starts from the best prompt the registry holds for the target;
+    ctpreg train --continue NAME:VERSION --steps 300 -o q.safetensors --publish trains a published prompt further.
     """
-    compress_configs = compression.configs()
     check_output(out)  # everything a user typed is checked before minutes of training
     if publish and name is not None:
         check_name(name)
+    if continue_ref is not None:
+        _check_continue_options(ctx, compression, init)
+    elif compression is None or model is None:
+        raise InvalidInput("give --method (and its level) or --targets, and --model; or --continue REF")
     show_logs()
     with stdout_to_stderr(), torch_threads(threads):
         pipeline = _trainer()
+        from ctpreg.trainer.compounding import continuation, warm_start
         from ctpreg.trainer.distributed import init_from_env, is_main
-        from ctpreg.trainer.train import TrainConfig
 
-        train_config = TrainConfig(
-            num_tokens=num_tokens, steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed,
-            loss=loss, schedule=schedule,
-        )
-        data_config = pipeline.DataConfig(dataset=dataset, seq_len=seq_len, eval_windows=eval_windows)
+        registry, client = state(ctx).registry, state(ctx).client
+        if continue_ref is not None:
+            parent = continuation(continue_ref, steps, registry=registry, client=client)
+            if model not in (None, parent.metadata.model):
+                raise InvalidInput(f"{continue_ref} was trained on {parent.metadata.model}, not {model}")
+            model, compress_configs, train_config = parent.metadata.model, parent.compress_configs, parent.train_config
+            corpus = pipeline.load_corpus(dataset if _given(ctx, "dataset") else parent.metadata.dataset)
+            data_config = pipeline.DataConfig(
+                dataset=corpus.name, seq_len=parent.seq_len, eval_windows=parent.eval_windows,
+                max_train_windows=parent.metadata.training.get("train_windows"),
+            )
+        else:
+            assert compression is not None and model is not None
+            compress_configs = compression.configs()
+            data_config = pipeline.DataConfig(dataset=dataset, seq_len=seq_len, eval_windows=eval_windows)
+            corpus = pipeline.load_corpus(dataset)
         source = pipeline.locate(model, model_path)
-        corpus = pipeline.load_corpus(dataset)
         init_from_env()
         loaded = pipeline.load_model(source, device=device, converted=state(ctx).settings.home / "models")
+        if continue_ref is not None:
+            origin = parent.origin
+        else:
+            target = Target.for_spec(source.slug, compress_configs[0].spec)
+            origin = warm_start(init, registry=registry, client=client, target=target, fingerprint=loaded.fingerprint,
+                                num_tokens=num_tokens, model=loaded.model, seed=seed)
+            train_config = TrainConfig(
+                num_tokens=int(origin.init.shape[0]) if origin.init is not None else num_tokens or DEFAULTS.num_tokens,
+                steps=steps, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, eval_every=eval_every,
+                seed=seed, loss=loss, schedule=schedule,
+            )
         trained = pipeline.train_prompt_artifact(
             loaded, compress_configs, data_config, train_config, corpus=corpus, out=out,
-            home=state(ctx).settings.home, resume=resume,
+            home=state(ctx).settings.home, resume=resume, origin=origin,
         )
         if not is_main():
             return
         published = None
         if publish:
-            published = pipeline.register_and_publish(state(ctx).registry, loaded, out, name=name)
+            published = pipeline.register_and_publish(registry, loaded, out, name=name)
     meta = trained.metadata
     metrics = meta.metrics
     report = {
@@ -176,12 +228,38 @@ def train(
         rows.append((spec.canonical, f"{figures['ppl_full']:.2f}", f"{figures['ppl_compressed']:.2f}",
                      f"{figures['ppl_prompted']:.2f}", *figure_gap_cells(figures)))
     table(
-        f"{model} + {num_tokens}-token prompt, best step {trained.result.best_step} chosen on the select split; "
+        f"{model} + {meta.num_virtual_tokens}-token prompt, best step {trained.result.best_step} chosen on the select "
+        f"split ({meta.lineage.steps_total} steps in its lineage); "
         f"measured on {EvalData.from_dict(metrics['eval_data']).describe()}",
         ["target", "ppl full", "ppl compressed", "ppl prompted", "gap recovered (ppl)", "(log-ppl)"], rows,
     )
     info(f"{trained.result.step_seconds:.2f} s/step, {trained.result.tokens_per_second:.0f} tokens/s; wrote {out} "
          f"(sha256 {trained.sha256[:12]})" + (f"; published {published.prompt.ref}" if published else ""))
+    if published and meta.lineage.state_sha256:
+        info(f"continue it: ctpreg train --continue {published.prompt.ref} --steps {DEFAULTS.steps} "
+             f"-o {out.with_name(out.stem + '-continued.safetensors')} --publish")
+
+
+CONTINUE_TAKES = ("num_tokens", "lr", "lr_schedule", "seq_len", "batch_size", "eval_windows", "loss", "schedule",
+                  "seed", "calibration", "calibration_windows", "resume")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user typed option ``name`` (typer bundles its own click, so the source is compared by name)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _check_continue_options(ctx: typer.Context, compression: CompressionRequest | None, init: str) -> None:
+    """--continue runs with its parent's settings: an option that would change them is refused, not ignored."""
+    given = [f"--{name.replace('_', '-')}" for name in CONTINUE_TAKES if _given(ctx, name)]
+    if compression is not None:
+        given.append("--method/--targets")
+    if init != "vocab":
+        given.append("--init")
+    if given:
+        raise InvalidInput(f"--continue trains with its parent's model, compression, data and settings; drop "
+                           f"{', '.join(given)}")
 
 
 @compression_options(calibrated=True)

@@ -95,13 +95,14 @@ def _parse_targets(text: str, options: dict[str, Any]) -> tuple[CompressionSpec,
 
 
 def compression_options(
-    *, calibrated: bool, multi: bool = False
+    *, calibrated: bool, multi: bool = False, optional: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command the compression options after its ``model`` option.
 
     The command declares ``compression: CompressionRequest`` (``calibrated=True``: it compresses) or
     ``spec: CompressionSpec`` (it only names a compression); a bad combination fails before the command runs.
-    ``multi=True`` adds ``--targets`` (several compressions at once, in place of ``--method``).
+    ``multi=True`` adds ``--targets`` (several compressions at once, in place of ``--method``). ``optional=True``:
+    the command gets None when no compression was named (it takes one from elsewhere, e.g. ``train --continue``).
     """
     receiver = "compression" if calibrated else "spec"
     added = _SPEC_OPTIONS + (_CALIBRATION_OPTIONS if calibrated else [])
@@ -120,6 +121,13 @@ def compression_options(
             targets = _parse_targets(targets_text, options) if targets_text is not None else ()
             if targets:
                 spec = targets[0]
+            elif options.get("method") is None and optional:
+                given = [name for name in ("bits", "group_size", "sparsity", "nm") if options.pop(name) is not None]
+                if given:
+                    raise InvalidInput(f"--{given[0].replace('_', '-')} needs --method")
+                for name in ("method", "calibration", "calibration_windows"):
+                    options.pop(name, None)
+                return command(**options, **{receiver: None})
             elif options.get("method") is None:
                 raise InvalidInput("give --method (and its level), or --targets")
             else:
