@@ -116,6 +116,10 @@ class ResolutionOut(BaseModel):
     measured: int
 
 
+class StateOut(BaseModel):
+    sha256: str = Field(description="The state's content address, which a prompt's training.state names")
+
+
 class PublishOut(BaseModel):
     prompt: PromptOut
     created: bool

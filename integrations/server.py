@@ -205,6 +205,16 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
             "ETag": etag, "Content-Disposition": f'attachment; filename="{record.sha256}.safetensors"',
         })
 
+    @reads.get("/v1/states/{sha256}", response_class=Response, responses={
+        **ERRORS, **NOT_FOUND, 200: {"content": {"application/octet-stream": {}}, "description": "The state"},
+        500: {**_ERROR, "description": "The stored bytes do not match their sha256: never served"},
+    })
+    def fetch_state(sha256: Annotated[str, Path(pattern=SHA256_PATTERN)]) -> Response:
+        """An optimizer state object by its sha256 (what ``ctpreg train --continue`` starts from), verified
+        before the first byte is sent."""
+        return Response(registry.fetch_state(sha256), media_type="application/octet-stream",
+                        headers={"ETag": f'"{sha256}"'})
+
     @reads.get("/v1/models", response_model=list[api.ModelOut], responses=ERRORS)
     def list_models(
         fingerprint: Annotated[str | None, Query(pattern=FINGERPRINT_PATTERN)] = None,
@@ -244,6 +254,15 @@ def create_app(registry: Registry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         result = await run_in_threadpool(acting.publish_bytes, data, name=name, alias=alias)
         body = {"prompt": result.prompt.to_dict(), "created": result.created}
         return JSONResponse(body, status_code=201 if result.created else 200)
+
+    @publishes.post("/v1/states", response_model=api.StateOut, status_code=201, responses=ERRORS, openapi_extra={
+        "requestBody": {"required": True, "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}}})
+    async def publish_state(request: Request) -> Any:
+        """Store an optimizer state object (the raw .state.safetensors bytes, checked first) by its sha256, before
+        the prompt that names it is published. Idempotent."""
+        data = await request.body()
+        return {"sha256": await run_in_threadpool(registry.publish_state, data)}
 
     @publishes.post("/v1/evidence", status_code=201, response_model=api.StatusOut, responses={**ERRORS, **NOT_FOUND})
     def add_evidence(body: api.EvidenceIn) -> Any:

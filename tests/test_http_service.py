@@ -392,3 +392,29 @@ if __name__ == "__main__":
     app = create_app(Registry.from_settings(Settings.from_env({"CTPREG_HOME": "/nonexistent"})))
     CONTRACT.write_text(json.dumps(app.openapi(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {CONTRACT}")
+
+
+def test_a_prompt_and_its_optimizer_state_publish_and_fetch_over_http(server, tokens, direct, tmp_path) -> None:
+    import numpy as np
+
+    from ctpreg.registry.artifacts import serialize_artifact
+    from ctpreg.registry.digest import sha256_hex
+    from ctpreg.registry.errors import Forbidden
+    from ctpreg.registry.lineage import state_beside
+    from ctpreg.registry.optimizer_state import serialize_state
+    from ctpreg.registry.remote import RemoteRegistry
+    from helpers import metadata
+
+    state = serialize_state({k: np.full((4, 8), 0.5, np.float32) for k in ("prompt", "exp_avg", "exp_avg_sq")},
+                            {"step": 8})
+    meta = metadata(dataset="http-states")
+    training = {**meta.training, "steps_total": 10, "state": {"sha256": sha256_hex(state), "size_bytes": len(state)}}
+    artifact = tmp_path / "p.safetensors"
+    artifact.write_bytes(serialize_artifact(np.ones((4, 8)), type(meta)(**{**meta.__dict__, "training": training})))
+    state_beside(artifact).write_bytes(state)
+    with pytest.raises(Forbidden):
+        RemoteRegistry(server.url, tokens["read"]).publish_state(state)
+    published = RemoteRegistry(server.url, tokens["publish"]).publish(artifact).prompt
+    reader = RemoteRegistry(server.url, tokens["read"])
+    assert reader.get(published.ref).lineage.state_sha256 == sha256_hex(state)
+    assert reader.fetch_state(sha256_hex(state)) == state == direct.fetch_state(sha256_hex(state))
