@@ -486,7 +486,10 @@ class Registry:
         if expires_at is not None:
             if expires_at.tzinfo is None:
                 raise InvalidInput("a token's expiry needs a time zone")
-            expires_at = expires_at.astimezone(UTC)  # SQLite keeps no offset: store every expiry in UTC
+            try:
+                expires_at = expires_at.astimezone(UTC)  # SQLite keeps no offset: store every expiry in UTC
+            except OverflowError:  # a moment at the calendar's ends, shifted by its offset
+                raise InvalidInput("a token's expiry lies outside the calendar") from None
         token: NewToken = new_token()
         with self.db.session(write=True) as session:
             record = crud.add_token(session, token=token, name=name, scope=scope, created_by=self.user,

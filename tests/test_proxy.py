@@ -254,6 +254,14 @@ def test_proxy_command_refuses_bad_options_before_serving(served_dirs, tmp_path,
     ]:
         assert main(["proxy", *args]) in (2, 3), args
         assert message in capsys.readouterr().err, args
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["proxy", "--upstream", "http://127.0.0.1:9", *model, "--port", port]) == 15
+    assert "already in use" in capsys.readouterr().err
 
 
 def test_the_target_identity_follows_the_files_not_the_folder(served_dirs, published, tmp_path) -> None:

@@ -14,6 +14,7 @@ from ctpreg.integrations.limits import (
 from ctpreg.registry.errors import InvalidInput
 
 from ..output import info
+from ..ports import check_port_free
 from ..state import state
 
 SERVE_MODULES = ("torch", "transformers", "fastapi", "uvicorn", "httpx")
@@ -99,6 +100,7 @@ def proxy(
     if not upstream.startswith(("http://", "https://")):
         raise InvalidInput(f"--upstream {upstream!r} must be an http:// or https:// URL")
     _check_host(host)
+    check_port_free(host, port)
     import torch
     import uvicorn
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ctpreg.registry.errors import AddressInUse, CtpregError, InvalidInput
+from ctpreg.registry.errors import CtpregError, InvalidInput
 from ctpreg.registry.tokens import SCOPES, check_scope, parse_expiry
 
 from ..options import JsonFlag
+from ..ports import check_port_free
 from ..output import emit_json, info, table
 from ..state import state
 
@@ -103,7 +102,7 @@ def serve(
     if settings.store_url == (settings.home / "objects").as_uri():
         (settings.home / "objects").mkdir(parents=True, exist_ok=True)  # the default store, like the embedded DB
     registry.store.check()  # its folder or bucket is there: a missing one is never taken for an empty store
-    _check_free(host, port)
+    check_port_free(host, port)
     scheme = "https" if ssl_certfile else "http"
     info(f"serving {settings.db_url.split('://')[0]} + {settings.store_url.split('://')[0]} registry at "
          f"{scheme}://{host}:{port} with {workers} worker(s)")
@@ -114,21 +113,6 @@ def serve(
             raise
         # gunicorn's own codes (3: a worker could not boot, 4: the app could not load) mean other things to ctpreg
         raise CtpregError(f"the server stopped (gunicorn exit code {exc.code}); its log above says why") from None
-
-
-def _check_free(host: str, port: int) -> None:
-    """``AddressInUse`` (one line, its own exit code) when another process listens on the port, before gunicorn
-    tries: it would retry for seconds and then exit with a generic code."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no conflict
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise AddressInUse(f"{host}:{port} is already in use by another process (choose another --port)") \
-                    from None
-            raise InvalidInput(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _check_bind(host: str, *, tls: bool) -> None:
