@@ -60,10 +60,19 @@ def test_demo_runs_end_to_end_and_reuses_its_work(model_dir, tmp_path, capsys, c
     for row in first["rows"]:
         assert row["ppl_full"] > 1 and row["ppl_compressed"] > 1 and row["ppl_prompted"] > 1
     assert not first["reused_prompt"]
+    more = first["continue_command"]
+    assert more.startswith("ctpreg train --continue tiny-llama/gptq-w4-g32/corpus:1 --steps 4 -o ")
     second = run_json(capsys, *args)
     assert second["reused_prompt"]
     assert [r["ppl_prompted"] for r in second["rows"]] == [r["ppl_prompted"] for r in first["rows"]]
     assert all(r["note"] != "validated, served" for r in second["rows"][1:])
+    # The command it prints does continue its prompt (here with the tiny model's folder and corpus named).
+    import shlex
+
+    assert main([*shlex.split(more)[1:], "--model-path", str(model_dir), "--dataset", corpus, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    continued = run_json(capsys, "show", "tiny-llama/gptq-w4-g32/corpus:2")
+    assert continued["parent"]["ref"] == "tiny-llama/gptq-w4-g32/corpus:1" and continued["steps_total"] == 8
 
 
 def test_demo_with_one_prompt_for_several_targets_validates_each(model_dir, tmp_path, capsys, cli_env) -> None:

@@ -23,6 +23,7 @@ from ctpreg.registry.recovery import collapsed, gap_recovered, log_gap_recovered
 from ctpreg.registry.compression import parse_compression
 from ctpreg.registry.errors import InvalidArtifact, InvalidInput, NoHelpfulPrompt
 from ctpreg.registry.artifacts import parse_artifact
+from ctpreg.registry.lineage import state_beside
 from ctpreg.registry.matcher import Candidate, Target
 from ctpreg.registry.resolver import resolve
 from ctpreg.registry.service import Registry
@@ -106,6 +107,7 @@ class DemoReport:
     step_seconds: float = float("nan")
     reused_prompt: bool = False
     total_seconds: float = 0.0
+    continue_command: str | None = None  # what trains the demo's prompt further from where it stopped
 
 
 def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
@@ -122,6 +124,9 @@ def run_demo(config: DemoConfig, registry: Registry, home: Path) -> DemoReport:
     report.reused_prompt = reused
     meta = read_artifact(artifact_path)[0].metadata
     published = register_and_publish(registry, base, artifact_path).prompt
+    if published.lineage.state_sha256 is not None:
+        more = artifact_path.with_name(f"{published.name.replace('/', '-')}-continued.safetensors")
+        report.continue_command = f"ctpreg train --continue {published.ref} --steps {config.steps} -o {more} --publish"
     metrics = meta.metrics
     report.step_seconds = float(meta.training.get("step_seconds", float("nan")))
     report.train_seconds = time.perf_counter() - started
@@ -171,11 +176,13 @@ def _train_or_reuse(config: DemoConfig, base: Any, home: Path) -> tuple[Path, bo
     path = home / "demo" / f"{config.model}-{trained}-{config.dataset}-{train_config.digest}.safetensors"
     if path.is_file():
         try:
-            read_artifact(path)
-            log.info("reusing the trained prompt %s", path)
-            return path, True
+            named_state = read_artifact(path)[0].metadata.lineage.state_sha256
+            if named_state is None or state_beside(path).is_file():  # publishing needs the state it names
+                log.info("reusing the trained prompt %s", path)
+                return path, True
         except InvalidArtifact:
-            path.unlink()
+            pass
+        path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     train_prompt_artifact(
         copy.deepcopy(base),

@@ -64,7 +64,8 @@ def demo(
     if as_json:
         emit_json({"rows": [r.to_dict() for r in report.rows], "total_seconds": report.total_seconds,
                    "step_seconds": report.step_seconds, "reused_prompt": report.reused_prompt,
-                   "eval_data": report.eval_data, "select_data": report.select_data})
+                   "eval_data": report.eval_data, "select_data": report.select_data,
+                   "continue_command": report.continue_command})
         return
     full_note = " (full = GGUF Q4_1 dequantized)" if model == "smollm2-135m" and not model_path else ""
     windows = _describe(report.eval_data)
@@ -84,6 +85,8 @@ def demo(
         info(f"  {r.target}: {r.why}")
     info(f"demo finished in {report.total_seconds:.0f}s ({report.step_seconds:.2f}s per training step)"
          + ("; reused the trained prompt" if report.reused_prompt else ""))
+    if report.continue_command:
+        info(f"train its prompt further from where it stopped: {report.continue_command}")
 
 
 def _describe(data: dict[str, object]) -> str:
