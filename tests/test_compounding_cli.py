@@ -64,6 +64,13 @@ def test_a_continued_prompt_ends_where_one_long_run_ends(trained, tmp_path, caps
     assert shown["parent"]["ref"] == f"{NAME}:1" and shown["steps_total"] == 40
     code, stdout, _ = run(capsys, "show", f"{NAME}:2")
     assert f"lineage: {NAME}:2 (40 steps" in stdout + _ and f"<- {NAME}:1 (10 steps" in stdout + _
+    chart = tmp_path / "curve.png"
+    code, _, err = run(capsys, "report", "--model", "tiny-llama", "--format", "curve", "-o", str(chart))
+    assert code == 0, err
+    from PIL import Image
+
+    drawn = json.loads(Image.open(chart).info["Description"])
+    assert list(drawn) == [f"{NAME}:2"] and drawn[f"{NAME}:2"][-1] == list(after.lineage.select_curve[-1])
 
 
 def test_warm_start_auto_takes_the_served_prompt_as_parent(trained, tmp_path, capsys) -> None:

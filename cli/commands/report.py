@@ -16,7 +16,7 @@ from ..options import JsonFlag
 from ..output import emit_json, info
 from ..state import state
 
-FORMATS = ("png", "html", "md")
+FORMATS = ("png", "html", "md", "curve")
 
 
 def report(
@@ -26,7 +26,8 @@ def report(
         "--output", "-o", help="File to write (png and html; md prints to stdout without it).",
     )] = None,
     fmt: Annotated[str, typer.Option(
-        "--format", help="png (chart + table), html (one self-contained page: chart, tables, provenance) or md.",
+        "--format", help="png (chart + table), html (one self-contained page: chart, tables, provenance), md, or "
+        "curve (a png of select perplexity against cumulative steps, one line per prompt name's lineage).",
     )] = "png",
     as_json: JsonFlag = False,
 ) -> None:
@@ -41,6 +42,17 @@ def report(
     elif fmt != "md" and not as_json:
         raise InvalidInput(f"--format {fmt} needs --output FILE (or use --format md)")
     registry = state(ctx).registry
+    if fmt == "curve":
+        from ctpreg.registry.curve_chart import curve_png, curves
+
+        records = registry.list_prompts(model=model, include_deprecated=False)
+        if as_json:
+            emit_json(curves(records))
+            return
+        assert output is not None  # checked above
+        write_output(output, curve_png(model, records))
+        info(f"wrote {output}")
+        return
     points = summarize(model, registry.evidence(model), registry.list_prompts(model=model))
     if not points:
         raise NotFound(f"nothing measured for {model!r}: train a prompt or run `ctpreg resolve --validate` first")
