@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -183,6 +184,10 @@ def train(
         else:
             assert compression is not None and model is not None
             compress_configs = compression.configs()
+            train_config = TrainConfig(  # checked before anything loads; a warm start may change the token count
+                num_tokens=num_tokens or DEFAULTS.num_tokens, steps=steps, lr=lr, lr_schedule=lr_schedule,
+                batch_size=batch_size, eval_every=eval_every, seed=seed, loss=loss, schedule=schedule,
+            )
             data_config = pipeline.DataConfig(dataset=dataset, seq_len=seq_len, eval_windows=eval_windows)
             corpus = pipeline.load_corpus(dataset)
         source = pipeline.locate(model, model_path)
@@ -194,11 +199,8 @@ def train(
             target = Target.for_spec(source.slug, compress_configs[0].spec)
             origin = warm_start(init, registry=registry, client=client, target=target, fingerprint=loaded.fingerprint,
                                 num_tokens=num_tokens, model=loaded.model, seed=seed)
-            train_config = TrainConfig(
-                num_tokens=int(origin.init.shape[0]) if origin.init is not None else num_tokens or DEFAULTS.num_tokens,
-                steps=steps, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, eval_every=eval_every,
-                seed=seed, loss=loss, schedule=schedule,
-            )
+            if origin.init is not None:
+                train_config = replace(train_config, num_tokens=int(origin.init.shape[0]))
         trained = pipeline.train_prompt_artifact(
             loaded, compress_configs, data_config, train_config, corpus=corpus, out=out,
             home=state(ctx).settings.home, resume=resume, origin=origin,
