@@ -323,7 +323,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(pg_database,
     summary = run.stdout[run.stdout.rfind("SUMMARY"):]
     print(summary)
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "Tested: 19" in summary, summary
+    assert "Tested: 21" in summary, summary
 
 
 def test_a_fleet_resolve_over_http_loads_no_db_driver_no_s3_client_and_no_torch(server, direct, tokens,

@@ -84,6 +84,8 @@ def resolve(
     runs_torch = target_path is not None or validate
     if runs_torch:
         _require_trainer()
+    if target_path is not None:  # a bad path or flag is one line, before torch is set up
+        _precheck(target_path, method=method, bits=bits, sparsity=sparsity, group_size=group_size)
     with torch_threads(threads) if runs_torch else contextlib.nullcontext():
         validator = None
         if target_path is not None:
@@ -124,12 +126,9 @@ def _checkpoint_target(ctx: typer.Context, path: Path, *, model: str | None, met
     from ctpreg.registry.inference import check_flags
 
     _require_trainer()
-    from ctpreg.trainer.checkpoint import load_checkpoint, precheck
+    from ctpreg.trainer.checkpoint import load_checkpoint
     from ctpreg.trainer.validate import CheckpointValidator, ValidationConfig
 
-    from_files = precheck(path, method_hint=method)
-    if from_files is not None:  # refuse contradicting flags before loading anything
-        check_flags(from_files, method=method, bits=bits, group_size=group_size, sparsity=sparsity)
     with stdout_to_stderr():
         checkpoint = load_checkpoint(path, device=str(options["device"]), method_hint=method)
     described = checkpoint.target
@@ -139,6 +138,17 @@ def _checkpoint_target(ctx: typer.Context, path: Path, *, model: str | None, met
     target = Target.for_spec(name, described.spec, identity=described.identity, dataset=dataset, task=task)
     validator = CheckpointValidator(ValidationConfig(**options), checkpoint) if validate else None  # type: ignore[arg-type]
     return target, validator
+
+
+def _precheck(path: Path, *, method: str | None, bits: int | None, sparsity: float | None,
+              group_size: int | None) -> None:
+    """What the checkpoint's files say, against the flags: a contradiction is refused before anything loads."""
+    from ctpreg.registry.inference import check_flags
+    from ctpreg.trainer.checkpoint import precheck
+
+    from_files = precheck(path, method_hint=method)
+    if from_files is not None:
+        check_flags(from_files, method=method, bits=bits, group_size=group_size, sparsity=sparsity)
 
 
 def _require_trainer() -> None:
